@@ -1,0 +1,707 @@
+//! The XDP relay-range filter.
+//!
+//! For every inbound frame: parse Ethernet (up to two VLAN tags), IPv4 or
+//! IPv6 (options, extension headers, fragments), find the classes of the
+//! source address (relay, management) and the classes the destination port
+//! accepts, and pass or drop. Every verdict is counted per CPU by reason;
+//! drops are aggregated per (source, protocol, port) and reported through a
+//! ring buffer. See `gateway-common` for the map layouts and the userspace
+//! `gateway::xdp` module for how the maps are filled.
+//!
+//! Policy, in order:
+//! 1. Before userspace has written a range set, everything passes.
+//! 2. Frames that are not IPv4/IPv6 pass (ARP, LLDP, ...).
+//! 3. Malformed IP frames (truncated, bad IHL or lengths, too many VLAN tags
+//!    or extension headers, an L4 header cut short) are dropped.
+//! 4. Later fragments carry no ports: they pass when the source is allowed or
+//!    when their datagram's first fragment passed (tracked in an LRU map),
+//!    and are dropped otherwise. A datagram cannot be reassembled without its
+//!    first fragment, which is judged with its ports like any packet.
+//! 5. Otherwise a packet passes when its source has a class the destination
+//!    port accepts. Unguarded ports accept everyone in port mode, and need an
+//!    allowed source in strict mode, where replies on connections this host
+//!    opened (found with a socket lookup) and the ICMP and DHCP a host needs
+//!    also pass.
+//! 6. In monitor mode, drops are counted and reported but the packet passes.
+#![no_std]
+#![no_main]
+
+use core::mem::size_of;
+
+use aya_ebpf::{
+    bindings::{bpf_sock, bpf_sock_tuple, xdp_action},
+    helpers::generated::{
+        bpf_ktime_get_coarse_ns, bpf_loop, bpf_sk_lookup_udp, bpf_sk_release, bpf_skc_lookup_tcp,
+    },
+    macros::{map, xdp},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    programs::XdpContext,
+};
+use gateway_common::{
+    BUCKET_PARTIAL, BUCKET_WORDS, BUCKETS_PER_WORD, BucketWord, COUNTERS_MAX, Counter,
+    DROP_REPORT_INTERVAL_NS, DropRecord, FragmentKey, LengthList, PORTS_MAX, PrefixKey, Reason,
+    Settings, class, family, lengths_index, maps, port_index,
+};
+
+#[map(name = "GW_SETTINGS")]
+static SETTINGS: Array<Settings> = Array::pinned(1, 0);
+
+/// `BPF_F_MMAPABLE`: userspace writes whole generations of the bucket
+/// arrays and the port table through a shared mapping, not a syscall per entry.
+const MMAPABLE: u32 = 1 << 10;
+
+#[map(name = "GW_BUCKETS_V4")]
+static BUCKETS_V4: Array<BucketWord> = Array::pinned(2 * BUCKET_WORDS, MMAPABLE);
+
+#[map(name = "GW_BUCKETS_V6")]
+static BUCKETS_V6: Array<BucketWord> = Array::pinned(2 * BUCKET_WORDS, MMAPABLE);
+
+/// `BPF_F_NO_PREALLOC`: the long-prefix table is usually nearly empty.
+const NO_PREALLOC: u32 = 1;
+
+#[map(name = "GW_PREFIXES")]
+static PREFIXES: HashMap<PrefixKey, u32> = HashMap::pinned(maps::PREFIXES_MAX, NO_PREALLOC);
+
+#[map(name = "GW_LENGTHS")]
+static LENGTHS: Array<LengthList> = Array::pinned(4, 0);
+
+#[map(name = "GW_PORTS")]
+static PORTS: Array<u64> = Array::pinned(PORTS_MAX, MMAPABLE);
+
+#[map(name = "GW_COUNTERS")]
+static COUNTERS: PerCpuArray<Counter> = PerCpuArray::pinned(COUNTERS_MAX, 0);
+
+#[map(name = "GW_DROP_SLOTS")]
+static DROP_SLOTS: PerCpuArray<DropRecord> = PerCpuArray::pinned(maps::DROP_SLOTS_MAX, 0);
+
+#[map(name = "GW_DROP_EVENTS")]
+static DROP_EVENTS: RingBuf = RingBuf::pinned(maps::DROP_EVENTS_BYTES, 0);
+
+#[map(name = "GW_FRAGMENTS")]
+static FRAGMENTS: LruHashMap<FragmentKey, u32> = LruHashMap::pinned(maps::FRAGMENTS_MAX, 0);
+
+const ETH_HLEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86dd;
+const ETH_P_8021Q: u16 = 0x8100;
+const ETH_P_8021AD: u16 = 0x88a8;
+/// VLAN tags parsed before a frame counts as malformed (802.1Q and QinQ).
+const VLAN_MAX_DEPTH: usize = 2;
+/// IPv6 extension headers walked before a packet counts as malformed.
+const IPV6_EXT_MAX: usize = 8;
+
+const IPPROTO_HOPOPTS: u8 = 0;
+const IPPROTO_ICMP: u8 = 1;
+const IPPROTO_TCP: u8 = 6;
+const IPPROTO_UDP: u8 = 17;
+const IPPROTO_ROUTING: u8 = 43;
+const IPPROTO_FRAGMENT: u8 = 44;
+const IPPROTO_AH: u8 = 51;
+const IPPROTO_ICMPV6: u8 = 58;
+const IPPROTO_DSTOPTS: u8 = 60;
+
+/// `BPF_F_CURRENT_NETNS` for the socket-lookup helpers: the netns of the
+/// device the packet arrived on.
+const CURRENT_NETNS: u64 = u32::MAX as u64; // (u32)-1, as the kernel expects
+const TCP_LISTEN: u32 = 10;
+const TCP_ESTABLISHED: u32 = 1;
+/// `BPF_RB_NO_WAKEUP`: userspace polls the ring on a timer, so a flood never
+/// costs a wakeup per record.
+const RB_NO_WAKEUP: u64 = 1;
+
+/// What the parser learned about a packet.
+struct Packet {
+    family: u8,
+    src: [u8; 16],
+    dst: [u8; 16],
+    protocol: u8,
+    /// Offset of the L4 header (valid when `later_fragment` is false).
+    l4: usize,
+    /// Not the first fragment: no L4 header.
+    later_fragment: bool,
+    /// First fragment of a fragmented datagram.
+    first_fragment: bool,
+    fragment_id: u32,
+}
+
+#[xdp]
+pub fn gateway_xdp(ctx: XdpContext) -> u32 {
+    let len = (ctx.data_end() - ctx.data()) as u64;
+    let Some(settings) = SETTINGS.get(0) else {
+        return xdp_action::XDP_PASS;
+    };
+    let settings = *settings;
+    if settings.flags & Settings::ENFORCING == 0 {
+        count(Reason::NotConfigured as u32, len);
+        return xdp_action::XDP_PASS;
+    }
+    let (reason, packet) = match parse(&ctx) {
+        Ok(Some(packet)) => (decide(&ctx, &settings, &packet), Some(packet)),
+        Ok(None) => (Reason::NotIp, None),
+        Err(()) => (Reason::DropMalformed, None),
+    };
+    let monitor = settings.flags & Settings::MONITOR != 0;
+    if !reason.is_drop() {
+        count(reason as u32, len);
+        return xdp_action::XDP_PASS;
+    }
+    report_drop(&ctx, packet.as_ref(), reason, monitor, len);
+    if monitor {
+        count(reason as u32 + Reason::COUNT, len);
+        xdp_action::XDP_PASS
+    } else {
+        count(reason as u32, len);
+        xdp_action::XDP_DROP
+    }
+}
+
+#[inline(always)]
+fn count(index: u32, len: u64) {
+    if let Some(counter) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, only this CPU writes it while XDP runs here.
+        unsafe {
+            (*counter).packets += 1;
+            (*counter).bytes += len;
+        }
+    }
+}
+
+/// Reads a `T` at `offset`, or `Err` when the frame is too short.
+#[inline(always)]
+fn load<T: Copy>(ctx: &XdpContext, offset: usize) -> Result<T, ()> {
+    let start = ctx.data();
+    let end = ctx.data_end();
+    if start + offset + size_of::<T>() > end {
+        return Err(());
+    }
+    // SAFETY: bounds checked against data_end just above.
+    Ok(unsafe { core::ptr::read_unaligned((start + offset) as *const T) })
+}
+
+#[inline(always)]
+fn load_be16(ctx: &XdpContext, offset: usize) -> Result<u16, ()> {
+    Ok(u16::from_be_bytes(load::<[u8; 2]>(ctx, offset)?))
+}
+
+/// Parses L2/L3 (and checks that L4 is present). `Ok(None)` means not IP.
+#[inline(always)]
+fn parse(ctx: &XdpContext) -> Result<Option<Packet>, ()> {
+    let mut ethertype = load_be16(ctx, 12)?;
+    let mut l3 = ETH_HLEN;
+    for _ in 0..VLAN_MAX_DEPTH {
+        if ethertype != ETH_P_8021Q && ethertype != ETH_P_8021AD {
+            break;
+        }
+        ethertype = load_be16(ctx, l3 + 2)?;
+        l3 += 4;
+    }
+    match ethertype {
+        ETH_P_IP => parse_ipv4(ctx, l3).map(Some),
+        ETH_P_IPV6 => parse_ipv6(ctx, l3).map(Some),
+        // Still a VLAN tag after VLAN_MAX_DEPTH: we cannot see what it carries.
+        ETH_P_8021Q | ETH_P_8021AD => Err(()),
+        _ => Ok(None),
+    }
+}
+
+#[inline(always)]
+fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Result<Packet, ()> {
+    let header: [u8; 20] = load(ctx, l3)?;
+    if header[0] >> 4 != 4 {
+        return Err(());
+    }
+    let header_len = ((header[0] & 0x0f) as usize) * 4;
+    if header_len < 20 {
+        return Err(());
+    }
+    let total_len = u16::from_be_bytes([header[2], header[3]]) as usize;
+    let frame_len = ctx.data_end() - ctx.data();
+    if total_len < header_len || l3 + total_len > frame_len {
+        return Err(());
+    }
+    let fragment = u16::from_be_bytes([header[6], header[7]]);
+    let offset = fragment & 0x1fff;
+    let more_fragments = fragment & 0x2000 != 0;
+    let protocol = header[9];
+    // RFC 1858: a TCP fragment at offset 8 can only be an attempt to rewrite
+    // the header of the first fragment.
+    if offset == 1 && protocol == IPPROTO_TCP {
+        return Err(());
+    }
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    src[..4].copy_from_slice(&header[12..16]);
+    dst[..4].copy_from_slice(&header[16..20]);
+    let packet = Packet {
+        family: family::V4,
+        src,
+        dst,
+        protocol,
+        l4: l3 + header_len,
+        later_fragment: offset != 0,
+        first_fragment: offset == 0 && more_fragments,
+        fragment_id: u16::from_be_bytes([header[4], header[5]]) as u32,
+    };
+    check_l4(ctx, &packet, l3 + total_len)?;
+    Ok(packet)
+}
+
+#[inline(always)]
+fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Result<Packet, ()> {
+    let header: [u8; 40] = load(ctx, l3)?;
+    if header[0] >> 4 != 6 {
+        return Err(());
+    }
+    let payload_len = u16::from_be_bytes([header[4], header[5]]) as usize;
+    let frame_len = ctx.data_end() - ctx.data();
+    let end = l3 + 40 + payload_len;
+    if end > frame_len {
+        return Err(());
+    }
+    let mut src = [0u8; 16];
+    let mut dst = [0u8; 16];
+    src.copy_from_slice(&header[8..24]);
+    dst.copy_from_slice(&header[24..40]);
+    let mut packet = Packet {
+        family: family::V6,
+        src,
+        dst,
+        protocol: header[6],
+        l4: l3 + 40,
+        later_fragment: false,
+        first_fragment: false,
+        fragment_id: 0,
+    };
+    let mut walked = 0;
+    while walked < IPV6_EXT_MAX {
+        let next = packet.protocol;
+        let offset = packet.l4;
+        // Keeps the offset bounded for the verifier; no real chain is longer.
+        if offset > 1024 {
+            return Err(());
+        }
+        let ext: [u8; 8] = load(ctx, offset)?;
+        let ext_len = match next {
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => (ext[1] as usize + 1) * 8,
+            IPPROTO_AH => (ext[1] as usize + 2) * 4,
+            IPPROTO_FRAGMENT => {
+                let fragment = u16::from_be_bytes([ext[2], ext[3]]);
+                packet.fragment_id = u32::from_be_bytes([ext[4], ext[5], ext[6], ext[7]]);
+                if fragment >> 3 != 0 {
+                    packet.later_fragment = true;
+                } else {
+                    // An atomic fragment (offset 0, no M flag) is a whole datagram.
+                    packet.first_fragment = fragment & 1 != 0;
+                }
+                8
+            }
+            _ => break,
+        };
+        packet.protocol = ext[0];
+        packet.l4 = offset + ext_len;
+        walked += 1;
+        if packet.l4 > end {
+            return Err(());
+        }
+        if packet.later_fragment {
+            return Ok(packet);
+        }
+    }
+    if walked == IPV6_EXT_MAX
+        && matches!(
+            packet.protocol,
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT
+        )
+    {
+        return Err(());
+    }
+    check_l4(ctx, &packet, end)?;
+    Ok(packet)
+}
+
+/// TCP and UDP packets (and first fragments) must carry at least the 8
+/// bytes of L4 header that hold the ports, inside the IP datagram.
+#[inline(always)]
+fn check_l4(ctx: &XdpContext, packet: &Packet, datagram_end: usize) -> Result<(), ()> {
+    if packet.later_fragment {
+        return Ok(());
+    }
+    if matches!(packet.protocol, IPPROTO_TCP | IPPROTO_UDP) {
+        if packet.l4 + 8 > datagram_end || packet.l4 > 2048 {
+            return Err(());
+        }
+        load::<[u8; 8]>(ctx, packet.l4)?;
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn decide(ctx: &XdpContext, settings: &Settings, packet: &Packet) -> Reason {
+    let source = source_class(settings.generation, packet.family, &packet.src);
+    if packet.later_fragment {
+        return if source & class::RELAY != 0 {
+            Reason::AllowedRelay
+        } else if source & class::MANAGEMENT != 0 {
+            Reason::AllowedManagement
+        } else if unsafe { FRAGMENTS.get(&fragment_key(packet)) }.is_some() {
+            Reason::TrackedFragment
+        } else {
+            Reason::DropUntrackedFragment
+        };
+    }
+    let strict = settings.flags & Settings::STRICT != 0;
+    let ports = l4_ports(ctx, packet);
+    let mut accepted = match ports {
+        Some((_, dst_port)) => port_classes(packet.protocol == IPPROTO_UDP, dst_port),
+        None => 0,
+    };
+    if accepted == 0 {
+        if !strict {
+            return track_first_fragment(packet, source, Reason::UnguardedPort);
+        }
+        accepted = class::ANY;
+    }
+    let reason = if source & accepted & class::RELAY != 0 {
+        Reason::AllowedRelay
+    } else if source & accepted & class::MANAGEMENT != 0 {
+        Reason::AllowedManagement
+    } else if strict && host_essential(ctx, packet, ports) {
+        Reason::HostEssential
+    } else if strict && host_connection(ctx, packet, ports) {
+        Reason::HostConnection
+    } else {
+        Reason::DropNotAllowed
+    };
+    track_first_fragment(packet, source, reason)
+}
+
+/// Remembers a first fragment that passed from a source that would not pass
+/// on its own, so the rest of its datagram follows it.
+#[inline(always)]
+fn track_first_fragment(packet: &Packet, source: u8, reason: Reason) -> Reason {
+    if packet.first_fragment && source == 0 && !reason.is_drop() {
+        let _ = FRAGMENTS.insert(&fragment_key(packet), &1, 0);
+    }
+    reason
+}
+
+#[inline(always)]
+fn fragment_key(packet: &Packet) -> FragmentKey {
+    FragmentKey {
+        src: packet.src,
+        dst: packet.dst,
+        id: packet.fragment_id,
+        family: packet.family,
+        protocol: packet.protocol,
+        pad: [0; 2],
+    }
+}
+
+/// Source and destination port of a TCP/UDP packet (first fragment included).
+#[inline(always)]
+fn l4_ports(ctx: &XdpContext, packet: &Packet) -> Option<(u16, u16)> {
+    if !matches!(packet.protocol, IPPROTO_TCP | IPPROTO_UDP) || packet.l4 > 2048 {
+        return None;
+    }
+    let ports: [u8; 4] = load(ctx, packet.l4).ok()?;
+    Some((
+        u16::from_be_bytes([ports[0], ports[1]]),
+        u16::from_be_bytes([ports[2], ports[3]]),
+    ))
+}
+
+#[inline(always)]
+fn port_classes(is_udp: bool, port: u16) -> u8 {
+    PORTS
+        .get(port_index(is_udp, port))
+        .map(|classes| *classes as u8)
+        .unwrap_or(0)
+}
+
+/// The classes of a source address: one array read, and only for /24s that
+/// hold longer prefixes, a hash lookup per long prefix length present.
+#[inline(always)]
+fn source_class(generation: u32, family: u8, addr: &[u8; 16]) -> u8 {
+    let top = (addr[0] as u32) << 16 | (addr[1] as u32) << 8 | addr[2] as u32;
+    let index = generation * BUCKET_WORDS + top / BUCKETS_PER_WORD;
+    let buckets = if family == family::V4 {
+        &BUCKETS_V4
+    } else {
+        &BUCKETS_V6
+    };
+    let Some(word) = buckets.get(index) else {
+        return 0;
+    };
+    let nibble = ((*word >> ((top % BUCKETS_PER_WORD) * 4)) & 0xf) as u8;
+    if nibble & BUCKET_PARTIAL == 0 {
+        return nibble & class::ANY;
+    }
+    long_prefix_class(generation, family, addr).unwrap_or(nibble & class::ANY)
+}
+
+/// State of a long-prefix search, shared with [`long_prefix_step`].
+#[repr(C)]
+struct LongPrefixSearch {
+    key: PrefixKey,
+    addr: [u8; 16],
+    lengths: u32,
+    /// `FOUND | classes` once a prefix matched.
+    result: u32,
+}
+
+const FOUND: u32 = 1 << 31;
+
+/// Tries the long prefix lengths present, longest first. The search runs
+/// under `bpf_loop` so the verifier checks its body once, not once per
+/// length for every parsing path that reaches it.
+#[inline(always)]
+fn long_prefix_class(generation: u32, family: u8, addr: &[u8; 16]) -> Option<u8> {
+    let index = lengths_index(generation, family);
+    let count = LENGTHS.get(index)?.count.min(104);
+    let mut search = LongPrefixSearch {
+        key: PrefixKey {
+            generation: generation as u8,
+            family,
+            len: 0,
+            pad: 0,
+            addr: [0; 16],
+        },
+        addr: *addr,
+        lengths: index,
+        result: 0,
+    };
+    // SAFETY: the callback only touches `search` through the pointer it is given.
+    unsafe {
+        bpf_loop(
+            count,
+            long_prefix_step as *mut core::ffi::c_void,
+            &mut search as *mut LongPrefixSearch as *mut core::ffi::c_void,
+            0,
+        )
+    };
+    (search.result & FOUND != 0).then_some(search.result as u8)
+}
+
+/// One `bpf_loop` iteration: look up the `i`-th longest length. Returns 1
+/// (stop) on a hit.
+extern "C" fn long_prefix_step(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the pointer given in long_prefix_class.
+    let search = unsafe { &mut *(ctx as *mut LongPrefixSearch) };
+    let Some(lengths) = LENGTHS.get(search.lengths) else {
+        return 1;
+    };
+    let Some(&len) = lengths.lens.get(i as usize) else {
+        return 1;
+    };
+    search.key.len = len;
+    search.key.addr = masked(&search.addr, len);
+    // SAFETY: the value is a plain u32 copied out immediately.
+    match unsafe { PREFIXES.get(&search.key) } {
+        Some(classes) => {
+            search.result = FOUND | (*classes & 0xff);
+            1
+        }
+        None => 0,
+    }
+}
+
+/// `addr` with everything past `len` bits cleared, computed on two 64-bit
+/// halves: a per-byte version branches 16 times, which multiplies the
+/// verifier's states.
+#[inline(always)]
+fn masked(addr: &[u8; 16], len: u8) -> [u8; 16] {
+    let len = u32::from(len);
+    let hi = u64::from_be_bytes([
+        addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
+    ]);
+    let lo = u64::from_be_bytes([
+        addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
+    ]);
+    let hi_mask = if len >= 64 {
+        u64::MAX
+    } else if len == 0 {
+        0
+    } else {
+        u64::MAX << (64 - len)
+    };
+    let lo_mask = if len >= 128 {
+        u64::MAX
+    } else if len <= 64 {
+        0
+    } else {
+        u64::MAX << (128 - len)
+    };
+    let mut out = [0u8; 16];
+    out[..8].copy_from_slice(&(hi & hi_mask).to_be_bytes());
+    out[8..].copy_from_slice(&(lo & lo_mask).to_be_bytes());
+    out
+}
+
+/// ICMP a host cannot work without, and DHCP replies to its client.
+#[inline(always)]
+fn host_essential(ctx: &XdpContext, packet: &Packet, ports: Option<(u16, u16)>) -> bool {
+    match (packet.protocol, ports) {
+        // DHCPv4 server -> client, DHCPv6 server -> client.
+        (IPPROTO_UDP, Some((67, 68))) | (IPPROTO_UDP, Some((547, 546))) => true,
+        (IPPROTO_ICMP, _) if packet.family == family::V4 => {
+            // Destination unreachable (incl. fragmentation needed, PMTU) and
+            // time exceeded: errors about connections this host made.
+            matches!(icmp_type(ctx, packet), Some(3) | Some(11))
+        }
+        (IPPROTO_ICMPV6, _) if packet.family == family::V6 => {
+            // 1 unreachable, 2 packet too big (PMTU), 3 time exceeded,
+            // 4 parameter problem; 133-137 neighbour discovery.
+            matches!(icmp_type(ctx, packet), Some(1..=4) | Some(133..=137))
+        }
+        _ => false,
+    }
+}
+
+/// The ICMP type, read with the rest of the 4-byte ICMP header (a one-byte
+/// bounds check is one the verifier cannot follow once LLVM rewrites it).
+#[inline(always)]
+fn icmp_type(ctx: &XdpContext, packet: &Packet) -> Option<u8> {
+    if packet.l4 > 2048 {
+        return None;
+    }
+    load::<[u8; 4]>(ctx, packet.l4).ok().map(|header| header[0])
+}
+
+/// Strict mode's answer to "is this a reply on a connection this host
+/// opened?": the kernel's own socket tables. TCP must find a socket that is
+/// not listening (SYN-SENT, ESTABLISHED, ...); UDP a connected socket.
+#[inline(always)]
+fn host_connection(ctx: &XdpContext, packet: &Packet, ports: Option<(u16, u16)>) -> bool {
+    let Some((src_port, dst_port)) = ports else {
+        return false;
+    };
+    let (sport, dport) = (src_port.to_be(), dst_port.to_be());
+    let tcp = packet.protocol == IPPROTO_TCP;
+    if packet.family == family::V4 {
+        let mut tuple = SockTupleV4 {
+            saddr: [packet.src[0], packet.src[1], packet.src[2], packet.src[3]],
+            daddr: [packet.dst[0], packet.dst[1], packet.dst[2], packet.dst[3]],
+            sport,
+            dport,
+        };
+        socket_lookup(ctx, &mut tuple, tcp)
+    } else {
+        let mut tuple = SockTupleV6 {
+            saddr: packet.src,
+            daddr: packet.dst,
+            sport,
+            dport,
+        };
+        socket_lookup(ctx, &mut tuple, tcp)
+    }
+}
+
+#[inline(always)]
+fn socket_lookup<T>(ctx: &XdpContext, tuple: &mut T, tcp: bool) -> bool {
+    let tuple_ptr = tuple as *mut T as *mut bpf_sock_tuple;
+    let size = size_of::<T>() as u32;
+    let ctx_ptr = ctx.ctx as *mut core::ffi::c_void;
+    // SAFETY: helper calls with a stack tuple of the stated size; the
+    // returned socket is released before returning.
+    unsafe {
+        let sock: *mut bpf_sock = if tcp {
+            bpf_skc_lookup_tcp(ctx_ptr, tuple_ptr, size, CURRENT_NETNS, 0)
+        } else {
+            bpf_sk_lookup_udp(ctx_ptr, tuple_ptr, size, CURRENT_NETNS, 0)
+        };
+        if sock.is_null() {
+            return false;
+        }
+        let state = (*sock).state;
+        bpf_sk_release(sock as *mut _);
+        if tcp {
+            state != TCP_LISTEN
+        } else {
+            state == TCP_ESTABLISHED
+        }
+    }
+}
+
+/// `struct bpf_sock_tuple`, IPv4 arm (addresses and ports in network order).
+#[repr(C)]
+struct SockTupleV4 {
+    saddr: [u8; 4],
+    daddr: [u8; 4],
+    sport: u16,
+    dport: u16,
+}
+
+/// `struct bpf_sock_tuple`, IPv6 arm.
+#[repr(C)]
+struct SockTupleV6 {
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+    sport: u16,
+    dport: u16,
+}
+
+/// Aggregates a drop into this CPU's slot for its (source, protocol, port);
+/// a slot is sent to the ring buffer when another flow takes it or when it
+/// is older than `DROP_REPORT_INTERVAL_NS`. A flood therefore produces at
+/// most one record per slot change, and a full ring loses records, never
+/// counts (the counters are exact).
+#[inline(always)]
+fn report_drop(ctx: &XdpContext, packet: Option<&Packet>, reason: Reason, monitor: bool, len: u64) {
+    // Malformed frames have no trustworthy source: the counters cover them.
+    let Some(packet) = packet else {
+        return;
+    };
+    let (src, family, protocol) = (packet.src, packet.family, packet.protocol);
+    let dst_port = l4_ports(ctx, packet).map(|(_, port)| port).unwrap_or(0);
+    let mut hash: u32 = 2166136261;
+    for byte in src.iter() {
+        hash = (hash ^ *byte as u32).wrapping_mul(16777619);
+    }
+    hash = (hash ^ dst_port as u32).wrapping_mul(16777619);
+    let Some(slot) = DROP_SLOTS.get_ptr_mut(hash & (maps::DROP_SLOTS_MAX - 1)) else {
+        return;
+    };
+    // SAFETY: per-CPU slot, only this CPU touches it while XDP runs here.
+    let slot = unsafe { &mut *slot };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let same = slot.family == family
+        && slot.src == src
+        && slot.dst_port == dst_port
+        && slot.protocol == protocol
+        && slot.reason == reason as u8
+        && slot.monitor == monitor as u8;
+    if same && now.wrapping_sub(slot.first_ns) < DROP_REPORT_INTERVAL_NS {
+        slot.packets += 1;
+        slot.bytes += len;
+        slot.last_ns = now;
+        return;
+    }
+    if slot.family != 0 {
+        let _ = DROP_EVENTS.output::<DropRecord>(&*slot, RB_NO_WAKEUP);
+    }
+    *slot = DropRecord {
+        src,
+        family,
+        protocol,
+        dst_port,
+        reason: reason as u8,
+        monitor: monitor as u8,
+        pad: [0; 2],
+        packets: 1,
+        bytes: len,
+        first_ns: now,
+        last_ns: now,
+    };
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects programs whose last instruction is not an exit or
+    // a jump; an unreachable loop here keeps LLVM honest without that.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

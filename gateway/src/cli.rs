@@ -1,0 +1,202 @@
+//! The `gateway` command line.
+//!
+//! Exit codes: 0 success, 1 runtime failure, 64 (`EX_USAGE`) for a bad
+//! command line or config, which is always detected before any socket or
+//! kernel call.
+
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand};
+use tracing::error;
+
+use crate::{config::Config, daemon, error_chain, paths, xdp};
+
+/// Origin gateway: XDP relay-range lock-down, identity checks, audit log.
+#[derive(Debug, Parser)]
+#[command(name = "gateway", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the daemon: attach the XDP filter, keep its ranges fresh.
+    Run {
+        /// The configuration file.
+        #[arg(long, short, default_value = paths::DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Validate a configuration file without side effects.
+    CheckConfig {
+        /// The configuration file.
+        file: PathBuf,
+    },
+    /// Manage the XDP filter directly.
+    #[command(subcommand)]
+    Xdp(XdpCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum XdpCommand {
+    /// Load, fill and attach the filter once, then exit; it stays pinned.
+    Attach {
+        /// The configuration file.
+        #[arg(long, short, default_value = paths::DEFAULT_CONFIG)]
+        config: PathBuf,
+    },
+    /// Take the filter down: remove its links, program and maps.
+    Detach(PinDirArgs),
+    /// Print counters by reason and the top dropped sources.
+    Stats {
+        #[command(flatten)]
+        pins: PinDirArgs,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// How many dropped sources to show.
+        #[arg(long, default_value_t = 10)]
+        top: usize,
+    },
+}
+
+#[derive(Debug, Args)]
+struct PinDirArgs {
+    /// The pin directory (default: from --config, else /sys/fs/bpf/gateway).
+    #[arg(long, conflicts_with = "config")]
+    pin_dir: Option<PathBuf>,
+    /// Read the pin directory from this configuration file.
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+}
+
+const EX_USAGE: u8 = 64;
+
+/// Parses the command line, runs the command, maps the outcome to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Usage(message)) => {
+            eprintln!("gateway: {message}");
+            ExitCode::from(EX_USAGE)
+        }
+        Err(Failure::Runtime(message)) => {
+            error!("{message}");
+            eprintln!("gateway: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+enum Failure {
+    Usage(String),
+    Runtime(String),
+}
+
+fn usage(e: &(dyn std::error::Error + 'static)) -> Failure {
+    Failure::Usage(error_chain(e))
+}
+
+fn runtime(e: &(dyn std::error::Error + 'static)) -> Failure {
+    Failure::Runtime(error_chain(e))
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::CheckConfig { file } => {
+            Config::load(&file).map_err(|e| usage(&e))?;
+            println!("{}: ok", file.display());
+            Ok(())
+        }
+        Command::Run { config: path } => {
+            let config = Config::load(&path).map_err(|e| usage(&e))?;
+            tokio_runtime()?
+                .block_on(daemon::run(path, config))
+                .map_err(|e| runtime(&e))
+        }
+        Command::Xdp(XdpCommand::Attach { config: path }) => {
+            let config = Config::load(&path).map_err(|e| usage(&e))?;
+            let xdp_config = config
+                .xdp
+                .ok_or_else(|| Failure::Usage(format!("{}: no [xdp] section", path.display())))?;
+            tokio_runtime()?.block_on(async {
+                let sources = xdp::sources::RangeSources::load(
+                    &xdp_config.relay,
+                    &xdp_config.management,
+                    xdp_config.allow_any,
+                )
+                .await
+                .map_err(|e| runtime(&e))?;
+                daemon::start_filter(&xdp_config, &sources).map_err(|e| runtime(&e))?;
+                println!(
+                    "XDP filter attached to {} and pinned under {}",
+                    xdp_config.interfaces.join(", "),
+                    xdp_config.pin_dir.display()
+                );
+                Ok(())
+            })
+        }
+        Command::Xdp(XdpCommand::Detach(pins)) => {
+            let layout = pin_layout(&pins)?;
+            let detached = xdp::detach(&layout).map_err(|e| runtime(&e))?;
+            if detached.interfaces.is_empty() {
+                println!(
+                    "removed the pins under {}; no interface was attached",
+                    layout.root().display()
+                );
+            } else {
+                println!(
+                    "detached from {}; removed the pins under {}",
+                    detached.interfaces.join(", "),
+                    layout.root().display()
+                );
+            }
+            Ok(())
+        }
+        Command::Xdp(XdpCommand::Stats { pins, json, top }) => {
+            let layout = pin_layout(&pins)?;
+            let snapshot = xdp::stats::read(&layout, top).map_err(|e| runtime(&e))?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&snapshot).map_err(|e| runtime(&e))?
+                );
+            } else {
+                print!("{}", snapshot.render());
+            }
+            Ok(())
+        }
+    }
+}
+
+fn pin_layout(args: &PinDirArgs) -> Result<paths::PinLayout, Failure> {
+    if let Some(dir) = &args.pin_dir {
+        return Ok(paths::PinLayout::new(dir));
+    }
+    if let Some(path) = &args.config {
+        let config = Config::load(path).map_err(|e| usage(&e))?;
+        if let Some(xdp) = config.xdp {
+            return Ok(paths::PinLayout::new(xdp.pin_dir));
+        }
+    }
+    Ok(paths::PinLayout::default())
+}
+
+fn tokio_runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| runtime(&e))
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("GATEWAY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

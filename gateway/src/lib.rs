@@ -1,0 +1,28 @@
+//! The origin gateway: locks a host down to its edge relay at the driver
+//! (XDP), checks identity on every request, and records every decision.
+//!
+//! # Layout
+//! - [`config`]: the TOML model, validated before any side effect.
+//! - [`paths`]: every filesystem location (bpffs pins, config).
+//! - [`xdp`]: the XDP filter's userspace side: load, pin, attach, range
+//!   sets, counters.
+//! - [`daemon`]: `gateway run`, the long-running process.
+//! - [`cli`]: the command line; `main.rs` only calls [`cli::main`].
+
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod paths;
+pub mod xdp;
+
+/// An error with its causes joined by ": ", for one log line or one message.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}

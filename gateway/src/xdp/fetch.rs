@@ -1,0 +1,73 @@
+//! HTTPS fetches of range lists, over rustls with the Mozilla root store
+//! (plus an optional CA file), bounded in time and size.
+
+use std::{path::Path, time::Duration};
+
+use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+
+use super::sources::SourceError;
+
+/// A fetch that takes longer than this fails; the last good list stays.
+const TIMEOUT: Duration = Duration::from_secs(30);
+/// Range lists are a few kB; anything much larger is not one.
+const MAX_BODY: usize = 16 << 20;
+
+/// GETs `url` and returns the body as text.
+pub async fn fetch(url: &str, ca_file: Option<&Path>) -> Result<String, SourceError> {
+    let error = |message: String| SourceError::Fetch {
+        url: url.to_owned(),
+        message,
+    };
+    let client = client(ca_file).map_err(error)?;
+    let mut response = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| error(crate::error_chain(&e)))?;
+    if !response.status().is_success() {
+        return Err(error(format!("HTTP status {}", response.status())));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| error(crate::error_chain(&e)))?
+    {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_BODY {
+            return Err(error(format!("body larger than {MAX_BODY} bytes")));
+        }
+    }
+    String::from_utf8(body).map_err(|_| error("body is not UTF-8".into()))
+}
+
+fn client(ca_file: Option<&Path>) -> Result<reqwest::Client, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let certs = CertificateDer::pem_file_iter(path)
+            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
+        if certs.is_empty() {
+            return Err(format!("no certificate in CA file {}", path.display()));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
+        }
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .timeout(TIMEOUT)
+        .https_only(true)
+        .user_agent(concat!("gateway/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| crate::error_chain(&e))
+}

@@ -1,0 +1,316 @@
+//! What the filter has done: per-reason counters, the drop records in the
+//! kernel's aggregation slots, and the ring buffer of finished records.
+//! Everything is read from the pins, so `gateway xdp stats` works beside a
+//! running daemon, or with no daemon at all.
+
+use std::{
+    collections::HashMap,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use aya::maps::{Array, Map, MapData, PerCpuArray, RingBuf};
+use gateway_common::{Counter, DropRecord, Reason, Settings, family, maps};
+use serde::Serialize;
+
+use super::Error;
+use crate::paths::PinLayout;
+
+/// Counters and recent drops of a pinned filter.
+#[derive(Clone, Debug, Serialize)]
+pub struct Snapshot {
+    /// Interfaces with a pinned link.
+    pub interfaces: Vec<String>,
+    /// `ports` or `strict`.
+    pub mode: &'static str,
+    /// Whether drops are only counted.
+    pub monitor: bool,
+    /// Whether a range set has been written (otherwise everything passes).
+    pub enforcing: bool,
+    /// Range-set generation in use.
+    pub generation: u32,
+    /// Packets and bytes per reason, summed over CPUs; zero rows omitted.
+    pub counters: Vec<ReasonCount>,
+    /// Sources with the most dropped packets in the current aggregation
+    /// window (the last second or so on each CPU), most first.
+    pub top_dropped_sources: Vec<DroppedSource>,
+}
+
+/// One counter row.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ReasonCount {
+    /// Reason name (`allowed_relay`, `dropped_not_allowed`, ...).
+    pub reason: &'static str,
+    /// Counted in monitor mode (the drop did not happen).
+    pub monitor: bool,
+    /// Packets.
+    pub packets: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+/// Drops from one source to one port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DroppedSource {
+    /// Source address.
+    pub source: IpAddr,
+    /// IP protocol number.
+    pub protocol: u8,
+    /// Destination port (0 without one).
+    pub dst_port: u16,
+    /// Reason name.
+    pub reason: &'static str,
+    /// Counted in monitor mode.
+    pub monitor: bool,
+    /// Packets.
+    pub packets: u64,
+    /// Bytes.
+    pub bytes: u64,
+}
+
+impl DroppedSource {
+    /// A record from the kernel, or `None` for an empty slot.
+    pub fn from_record(record: &DropRecord) -> Option<Self> {
+        let source = match record.family {
+            family::V4 => IpAddr::V4(Ipv4Addr::new(
+                record.src[0],
+                record.src[1],
+                record.src[2],
+                record.src[3],
+            )),
+            family::V6 => IpAddr::V6(Ipv6Addr::from(record.src)),
+            _ => return None,
+        };
+        let (reason, _) = Reason::from_index(u32::from(record.reason))?;
+        Some(Self {
+            source,
+            protocol: record.protocol,
+            dst_port: record.dst_port,
+            reason: reason.name(),
+            monitor: record.monitor != 0,
+            packets: record.packets,
+            bytes: record.bytes,
+        })
+    }
+}
+
+fn open(layout: &PinLayout, name: &'static str) -> Result<MapData, Error> {
+    let path = layout.map(name);
+    if !path.exists() {
+        return Err(Error::NotPinned(layout.root().display().to_string()));
+    }
+    MapData::from_pin(&path).map_err(|source| Error::Map {
+        map: name,
+        action: "opening the pin",
+        source,
+    })
+}
+
+/// Reads the counters and recent drops of the filter pinned at `layout`.
+pub fn read(layout: &PinLayout, top: usize) -> Result<Snapshot, Error> {
+    let settings: Array<MapData, Settings> =
+        Array::try_from(Map::Array(open(layout, maps::SETTINGS)?)).map_err(|source| {
+            Error::Map {
+                map: maps::SETTINGS,
+                action: "opening",
+                source,
+            }
+        })?;
+    let settings = settings.get(&0, 0).map_err(|source| Error::Map {
+        map: maps::SETTINGS,
+        action: "reading",
+        source,
+    })?;
+
+    let counters: PerCpuArray<MapData, Counter> =
+        PerCpuArray::try_from(Map::PerCpuArray(open(layout, maps::COUNTERS)?)).map_err(
+            |source| Error::Map {
+                map: maps::COUNTERS,
+                action: "opening",
+                source,
+            },
+        )?;
+    let mut rows = Vec::new();
+    for (index, values) in counters.iter().enumerate() {
+        let values = values.map_err(|source| Error::Map {
+            map: maps::COUNTERS,
+            action: "reading",
+            source,
+        })?;
+        let Some((reason, monitor)) = Reason::from_index(index as u32) else {
+            continue;
+        };
+        let (packets, bytes) = values
+            .iter()
+            .fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
+        if packets > 0 {
+            rows.push(ReasonCount {
+                reason: reason.name(),
+                monitor,
+                packets,
+                bytes,
+            });
+        }
+    }
+
+    let slots: PerCpuArray<MapData, DropRecord> =
+        PerCpuArray::try_from(Map::PerCpuArray(open(layout, maps::DROP_SLOTS)?)).map_err(
+            |source| Error::Map {
+                map: maps::DROP_SLOTS,
+                action: "opening",
+                source,
+            },
+        )?;
+    let mut by_source: HashMap<(IpAddr, u8, u16, &'static str, bool), (u64, u64)> = HashMap::new();
+    for values in slots.iter() {
+        let values = values.map_err(|source| Error::Map {
+            map: maps::DROP_SLOTS,
+            action: "reading",
+            source,
+        })?;
+        for record in values.iter() {
+            if let Some(d) = DroppedSource::from_record(record) {
+                let entry = by_source
+                    .entry((d.source, d.protocol, d.dst_port, d.reason, d.monitor))
+                    .or_default();
+                entry.0 += d.packets;
+                entry.1 += d.bytes;
+            }
+        }
+    }
+    let mut top_dropped_sources: Vec<DroppedSource> = by_source
+        .into_iter()
+        .map(
+            |((source, protocol, dst_port, reason, monitor), (packets, bytes))| DroppedSource {
+                source,
+                protocol,
+                dst_port,
+                reason,
+                monitor,
+                packets,
+                bytes,
+            },
+        )
+        .collect();
+    top_dropped_sources.sort_by(|a, b| b.packets.cmp(&a.packets).then(a.source.cmp(&b.source)));
+    top_dropped_sources.truncate(top);
+
+    let mut interfaces: Vec<String> = std::fs::read_dir(layout.links())
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    interfaces.sort();
+    Ok(Snapshot {
+        interfaces,
+        mode: if settings.flags & Settings::STRICT != 0 {
+            "strict"
+        } else {
+            "ports"
+        },
+        monitor: settings.flags & Settings::MONITOR != 0,
+        enforcing: settings.flags & Settings::ENFORCING != 0,
+        generation: settings.generation,
+        counters: rows,
+        top_dropped_sources,
+    })
+}
+
+impl Snapshot {
+    /// The human-readable form printed by `gateway xdp stats`.
+    pub fn render(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "interfaces: {}\nmode: {}{}{}",
+            if self.interfaces.is_empty() {
+                "(none attached)".to_string()
+            } else {
+                self.interfaces.join(", ")
+            },
+            self.mode,
+            if self.monitor {
+                " (monitor: nothing is dropped)"
+            } else {
+                ""
+            },
+            if self.enforcing {
+                ""
+            } else {
+                " (no range set loaded: everything passes)"
+            },
+        );
+        let _ = writeln!(
+            out,
+            "\n{:<28} {:>8} {:>14} {:>16}",
+            "reason", "monitor", "packets", "bytes"
+        );
+        for row in &self.counters {
+            let _ = writeln!(
+                out,
+                "{:<28} {:>8} {:>14} {:>16}",
+                row.reason,
+                if row.monitor { "yes" } else { "" },
+                row.packets,
+                row.bytes
+            );
+        }
+        if !self.top_dropped_sources.is_empty() {
+            let _ = writeln!(
+                out,
+                "\ntop dropped sources (current window)\n{:<40} {:>5} {:>6} {:<28} {:>10} {:>12}",
+                "source", "proto", "port", "reason", "packets", "bytes"
+            );
+            for d in &self.top_dropped_sources {
+                let _ = writeln!(
+                    out,
+                    "{:<40} {:>5} {:>6} {:<28} {:>10} {:>12}",
+                    d.source.to_string(),
+                    d.protocol,
+                    d.dst_port,
+                    d.reason,
+                    d.packets,
+                    d.bytes
+                );
+            }
+        }
+        out
+    }
+}
+
+/// Consumes the drop-record ring buffer of a pinned filter.
+pub struct DropEvents {
+    ring: RingBuf<MapData>,
+}
+
+impl DropEvents {
+    /// Opens the ring buffer pinned at `layout`.
+    pub fn open(layout: &PinLayout) -> Result<Self, Error> {
+        let ring = RingBuf::try_from(Map::RingBuf(open(layout, maps::DROP_EVENTS)?)).map_err(
+            |source| Error::Map {
+                map: maps::DROP_EVENTS,
+                action: "opening",
+                source,
+            },
+        )?;
+        Ok(Self { ring })
+    }
+
+    /// Takes every record waiting in the ring.
+    pub fn drain(&mut self) -> Vec<DroppedSource> {
+        let mut out = Vec::new();
+        while let Some(item) = self.ring.next() {
+            if item.len() == size_of::<DropRecord>() {
+                // SAFETY: the kernel wrote a DropRecord of exactly this size;
+                // read_unaligned copes with the ring's 8-byte alignment.
+                let record =
+                    unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DropRecord>()) };
+                out.extend(DroppedSource::from_record(&record));
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,28 @@
+//! Test harness for the gateway's integration tests. Everything here drives
+//! real parts: the real XDP program loaded into the running kernel, network
+//! namespaces with veth pairs, real sockets.
+//!
+//! # Layout
+//! - [`packet`]: frames built byte by byte for `BPF_PROG_TEST_RUN`.
+//! - [`filter`]: a loaded filter pinned in a private directory, removed on drop.
+//! - [`model`]: a pure-Rust reference model of the filter's policy.
+//! - [`netns`]: network namespaces and veth pairs, removed on drop.
+//!
+//! Privileged tests call [`require_root`] first: without root they fail with
+//! a message saying so, they never skip.
+
+pub mod filter;
+pub mod model;
+pub mod netns;
+pub mod packet;
+
+/// Fails the test loudly unless it runs as root.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test loads XDP programs and creates network namespaces: it needs root \
+         (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN). Run it with `cargo xtask test` as root."
+    );
+}
