@@ -1,0 +1,1 @@
+pub fn run(name: &str) -> anyhow::Result<()> { anyhow::bail!("unknown benchmark {name}") }

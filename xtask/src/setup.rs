@@ -1,0 +1,158 @@
+//! `cargo xtask setup`: make a fresh machine ready to build and test.
+//!
+//! 1. nightly with `rust-src` (the eBPF crate builds `core` itself);
+//! 2. `bpf-linker`, built against nightly's own LLVM: the LLVM major version
+//!    comes from `rustc +nightly -vV`, and a `lib/libLLVM.so` symlink to the
+//!    toolchain's library is the `LLVM_PREFIX` bpf-linker's build links to;
+//! 3. the Debian packages the tests and benchmarks drive.
+//!
+//! Each step checks first and does nothing when already done.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context as _, bail};
+
+use crate::util::{exec, output, succeeds};
+
+/// Debian packages the tests and benchmarks use, with what needs them.
+const PACKAGES: &[(&str, &str)] = &[
+    ("iproute2", "network namespaces and veth pairs (ip)"),
+    ("nftables", "the nftables baseline of the XDP benchmark"),
+    ("xdp-tools", "xdp-filter and xdp-trafficgen for the XDP benchmark"),
+    ("bpftool", "inspecting loaded programs"),
+    ("iputils-ping", "reachability checks in namespace tests"),
+];
+
+pub fn run() -> anyhow::Result<()> {
+    nightly_rust_src()?;
+    bpf_linker()?;
+    debian_packages()?;
+    Ok(())
+}
+
+fn rustup() -> Command {
+    Command::new("rustup")
+}
+
+fn nightly_rust_src() -> anyhow::Result<()> {
+    if !succeeds(rustup().args(["run", "nightly", "rustc", "--version"])) {
+        eprintln!("setup: installing the nightly toolchain (for the eBPF crate)");
+        exec(rustup().args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src",
+        ]))
+        .context("the nightly toolchain is missing and could not be installed")?;
+    }
+    let sysroot = nightly_sysroot()?;
+    if !sysroot.join("lib/rustlib/src/rust/library/core").exists() {
+        eprintln!("setup: adding rust-src to nightly");
+        exec(rustup().args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+            .context("rust-src for nightly is missing and could not be installed")?;
+    }
+    Ok(())
+}
+
+fn nightly_sysroot() -> anyhow::Result<PathBuf> {
+    Ok(PathBuf::from(
+        output(rustup().args(["run", "nightly", "rustc", "--print", "sysroot"]))?.trim(),
+    ))
+}
+
+/// The LLVM major version nightly's rustc was built with.
+fn nightly_llvm_major() -> anyhow::Result<u32> {
+    let info = output(rustup().args(["run", "nightly", "rustc", "-vV"]))?;
+    let version = info
+        .lines()
+        .find_map(|l| l.strip_prefix("LLVM version: "))
+        .context("`rustc +nightly -vV` printed no LLVM version")?;
+    version
+        .split('.')
+        .next()
+        .and_then(|major| major.parse().ok())
+        .with_context(|| format!("cannot read the LLVM major version from {version:?}"))
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    if succeeds(rustup().args(["run", "nightly", "bpf-linker", "--version"])) {
+        return Ok(());
+    }
+    let major = nightly_llvm_major()?;
+    let lib_dir = nightly_sysroot()?.join("lib");
+    let libllvm = std::fs::read_dir(&lib_dir)
+        .with_context(|| format!("cannot list {}", lib_dir.display()))?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("libLLVM.so.{major}")))
+        })
+        .with_context(|| {
+            format!(
+                "nightly ships no libLLVM.so.{major}* in {}: cannot build bpf-linker against it",
+                lib_dir.display()
+            )
+        })?;
+    let prefix = llvm_prefix_dir(major)?;
+    let link = prefix.join("lib/libLLVM.so");
+    std::fs::create_dir_all(prefix.join("lib"))?;
+    if link.symlink_metadata().is_ok() {
+        std::fs::remove_file(&link)?;
+    }
+    std::os::unix::fs::symlink(&libllvm, &link)
+        .with_context(|| format!("cannot link {} to {}", link.display(), libllvm.display()))?;
+    eprintln!("setup: building bpf-linker against nightly's LLVM {major} (a few minutes, once)");
+    exec(
+        rustup()
+            .args(["run", "nightly", "cargo", "install", "--locked", "bpf-linker"])
+            .args(["--no-default-features", "--features", &format!("llvm-{major}")])
+            .env("LLVM_PREFIX", &prefix),
+    )
+    .context("bpf-linker could not be built; it is needed to build the XDP program")?;
+    if !succeeds(rustup().args(["run", "nightly", "bpf-linker", "--version"])) {
+        bail!("bpf-linker was installed but does not run under `rustup run nightly`");
+    }
+    Ok(())
+}
+
+fn llvm_prefix_dir(major: u32) -> anyhow::Result<PathBuf> {
+    let home = std::env::var_os("HOME").context("HOME is not set")?;
+    Ok(Path::new(&home).join(format!(".cache/gateway-xtask/llvm-{major}")))
+}
+
+fn debian_packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(name, _)| {
+            !output(Command::new("dpkg-query").args(["-W", "-f=${Status}", name]))
+                .is_ok_and(|status| status.contains("install ok installed"))
+        })
+        .map(|(name, _)| *name)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let why: Vec<String> = PACKAGES
+        .iter()
+        .filter(|(name, _)| missing.contains(name))
+        .map(|(name, why)| format!("{name} ({why})"))
+        .collect();
+    crate::util::require_root(&format!("installing Debian packages: {}", why.join(", ")))?;
+    eprintln!("setup: installing {}", missing.join(" "));
+    exec(Command::new("apt-get").args(["update", "-qq"]))?;
+    exec(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .with_context(|| format!("cannot install {}", why.join(", ")))
+}

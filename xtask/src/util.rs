@@ -1,0 +1,50 @@
+//! Small helpers shared by the commands.
+
+use std::process::{Command, Stdio};
+
+use anyhow::{Context as _, bail};
+
+/// Runs `cmd`, failing with the full command line when it fails.
+pub fn exec(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Runs `cmd` and returns its standard output, failing like [`exec`].
+pub fn output(cmd: &mut Command) -> anyhow::Result<String> {
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot start {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", out.status);
+    }
+    String::from_utf8(out.stdout).with_context(|| format!("{cmd:?} printed non-UTF-8"))
+}
+
+/// Whether `cmd` runs and succeeds (output discarded).
+pub fn succeeds(cmd: &mut Command) -> bool {
+    cmd.stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The cargo that runs us (rustup's proxy when run through it).
+pub fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+/// Fails with `why` unless running as root.
+pub fn require_root(why: &str) -> anyhow::Result<()> {
+    let uid = output(Command::new("id").arg("-u"))?;
+    if uid.trim() != "0" {
+        bail!("this needs root: {why}. Run it as root (e.g. `sudo -E cargo xtask ...`).");
+    }
+    Ok(())
+}
