@@ -280,6 +280,12 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Result<Packet, ()> {
         if offset > 1024 {
             return Err(());
         }
+        if !matches!(
+            next,
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS | IPPROTO_AH | IPPROTO_FRAGMENT
+        ) {
+            break;
+        }
         let ext: [u8; 8] = load(ctx, offset)?;
         let ext_len = match next {
             IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => (ext[1] as usize + 1) * 8,

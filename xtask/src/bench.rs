@@ -1,1 +1,3 @@
-pub fn run(name: &str) -> anyhow::Result<()> { anyhow::bail!("unknown benchmark {name}") }
+pub fn run(name: &str) -> anyhow::Result<()> {
+    anyhow::bail!("unknown benchmark {name}")
+}

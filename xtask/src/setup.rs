@@ -21,7 +21,10 @@ use crate::util::{exec, output, succeeds};
 const PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "network namespaces and veth pairs (ip)"),
     ("nftables", "the nftables baseline of the XDP benchmark"),
-    ("xdp-tools", "xdp-filter and xdp-trafficgen for the XDP benchmark"),
+    (
+        "xdp-tools",
+        "xdp-filter and xdp-trafficgen for the XDP benchmark",
+    ),
     ("bpftool", "inspecting loaded programs"),
     ("iputils-ping", "reachability checks in namespace tests"),
 ];
@@ -112,8 +115,19 @@ fn bpf_linker() -> anyhow::Result<()> {
     eprintln!("setup: building bpf-linker against nightly's LLVM {major} (a few minutes, once)");
     exec(
         rustup()
-            .args(["run", "nightly", "cargo", "install", "--locked", "bpf-linker"])
-            .args(["--no-default-features", "--features", &format!("llvm-{major}")])
+            .args([
+                "run",
+                "nightly",
+                "cargo",
+                "install",
+                "--locked",
+                "bpf-linker",
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{major}"),
+            ])
             .env("LLVM_PREFIX", &prefix),
     )
     .context("bpf-linker could not be built; it is needed to build the XDP program")?;
