@@ -349,7 +349,7 @@ fn decide(ctx: &XdpContext, settings: &Settings, packet: &Packet) -> Reason {
             Reason::AllowedRelay
         } else if source & class::MANAGEMENT != 0 {
             Reason::AllowedManagement
-        } else if unsafe { FRAGMENTS.get(&fragment_key(packet)) }.is_some() {
+        } else if unsafe { FRAGMENTS.get(fragment_key(packet)) }.is_some() {
             Reason::TrackedFragment
         } else {
             Reason::DropUntrackedFragment
@@ -386,7 +386,7 @@ fn decide(ctx: &XdpContext, settings: &Settings, packet: &Packet) -> Reason {
 #[inline(always)]
 fn track_first_fragment(packet: &Packet, source: u8, reason: Reason) -> Reason {
     if packet.first_fragment && source == 0 && !reason.is_drop() {
-        let _ = FRAGMENTS.insert(&fragment_key(packet), &1, 0);
+        let _ = FRAGMENTS.insert(fragment_key(packet), 1, 0);
     }
     reason
 }
@@ -502,7 +502,7 @@ extern "C" fn long_prefix_step(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
     search.key.len = len;
     search.key.addr = masked(&search.addr, len);
     // SAFETY: the value is a plain u32 copied out immediately.
-    match unsafe { PREFIXES.get(&search.key) } {
+    match unsafe { PREFIXES.get(search.key) } {
         Some(classes) => {
             search.result = FOUND | (*classes & 0xff);
             1

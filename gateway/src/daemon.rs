@@ -7,7 +7,12 @@
 //! summarises drop records, and on SIGINT/SIGTERM exits leaving the filter
 //! pinned and enforcing (`gateway xdp detach` takes it down).
 
-use std::{collections::HashMap, net::IpAddr, path::PathBuf, time::Duration};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -99,7 +104,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
             _ = summary.tick() => {
                 if !drop_window.is_empty() {
                     let mut top: Vec<_> = drop_window.drain().collect();
-                    top.sort_by(|a, b| b.1.cmp(&a.1));
+                    top.sort_by_key(|&(_, packets)| std::cmp::Reverse(packets));
                     let total: u64 = top.iter().map(|(_, n)| n).sum();
                     let shown: Vec<String> = top.iter().take(5).map(|((ip, port), n)| format!("{ip}->{port}: {n}")).collect();
                     info!(total, sources = top.len(), top = %shown.join(", "), "XDP drops in the last minute");
@@ -126,7 +131,7 @@ pub fn start_filter(config: &XdpConfig, sources: &RangeSources) -> Result<Filter
 }
 
 async fn reload(
-    path: &PathBuf,
+    path: &Path,
     filter: &mut Filter,
     current: &mut XdpConfig,
 ) -> Result<RangeSources, Box<dyn std::error::Error + Send + Sync>> {

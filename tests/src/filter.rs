@@ -29,6 +29,16 @@ pub fn unique_pin_dir(label: &str) -> PinLayout {
     ))
 }
 
+/// Removes the pins under a layout when dropped, so a failing test leaves
+/// nothing attached or pinned behind.
+pub struct PinGuard(pub PinLayout);
+
+impl Drop for PinGuard {
+    fn drop(&mut self) {
+        let _ = gateway::xdp::detach(&self.0);
+    }
+}
+
 /// Settings for tests: mode, monitor and port lists.
 pub fn settings(
     mode: FilterMode,
@@ -77,9 +87,11 @@ impl TestFilter {
     /// average nanoseconds per run.
     pub fn run_repeat(&mut self, frame: &[u8], repeat: u32) -> (u32, u64) {
         let program = self.filter.program().expect("program");
-        let mut opts = TestRunOptions::default();
-        opts.data_in = Some(frame);
-        opts.repeat = repeat;
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            repeat,
+            ..TestRunOptions::default()
+        };
         let result = program
             .test_run(opts)
             .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN failed: {}", gateway::error_chain(&e)));

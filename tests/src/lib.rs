@@ -7,10 +7,12 @@
 //! - [`filter`]: a loaded filter pinned in a private directory, removed on drop.
 //! - [`model`]: a pure-Rust reference model of the filter's policy.
 //! - [`netns`]: network namespaces and veth pairs, removed on drop.
+//! - [`daemon`]: the real gateway binary run as a process in a namespace.
 //!
 //! Privileged tests call [`require_root`] first: without root they fail with
 //! a message saying so, they never skip.
 
+pub mod daemon;
 pub mod filter;
 pub mod model;
 pub mod netns;
@@ -25,4 +27,21 @@ pub fn require_root() {
         "this test loads XDP programs and creates network namespaces: it needs root \
          (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN). Run it with `cargo xtask test` as root."
     );
+}
+
+/// Pins the calling thread to `cpu`, for tests and benchmarks that depend on
+/// per-CPU state (the kernel runs BPF_PROG_TEST_RUN on the caller's CPU).
+pub fn pin_thread_to_cpu(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t with one bit set, applied to this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        let rc = libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+        assert_eq!(
+            rc,
+            0,
+            "sched_setaffinity: {}",
+            std::io::Error::last_os_error()
+        );
+    }
 }

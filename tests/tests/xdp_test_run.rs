@@ -1028,6 +1028,8 @@ fn range_updates_switch_generations_exactly() {
 
 #[test]
 fn drop_records_are_aggregated_per_source_and_port() {
+    // Aggregation slots are per CPU: keep every run on one.
+    gateway_tests::pin_thread_to_cpu(0);
     let mut f = filter("records", FilterMode::Ports, false);
     let mut events = stats::DropEvents::open(&f.layout).unwrap();
     assert!(events.drain().is_empty());

@@ -234,8 +234,9 @@ pub struct Filter {
 }
 
 /// How long after a switch the previous generation may be rewritten. An XDP
-/// program runs for microseconds; this is ample.
-const GENERATION_QUIESCE: Duration = Duration::from_millis(100);
+/// program run lasts microseconds (the verifier bounds it), so a program that
+/// read the old index before the switch is long finished by then.
+const GENERATION_QUIESCE: Duration = Duration::from_millis(10);
 
 impl Filter {
     /// Loads the program, creating its maps or adopting pinned ones.

@@ -130,6 +130,17 @@ fn bucket_of(addr: &[u8; 16]) -> u32 {
     u32::from(addr[0]) << 16 | u32::from(addr[1]) << 8 | u32::from(addr[2])
 }
 
+fn nibble(buckets: &[u64], bucket: u32) -> u8 {
+    let word = buckets[(bucket / BUCKETS_PER_WORD) as usize];
+    ((word >> ((bucket % BUCKETS_PER_WORD) * 4)) & 0xf) as u8
+}
+
+/// ORs `bits` into a bucket's nibble.
+fn set_nibble(buckets: &mut [u64], bucket: u32, bits: u8) {
+    buckets[(bucket / BUCKETS_PER_WORD) as usize] |=
+        u64::from(bits) << ((bucket % BUCKETS_PER_WORD) * 4);
+}
+
 /// Both families, compiled.
 #[derive(Clone, Debug)]
 pub struct CompiledSet {
@@ -154,14 +165,24 @@ pub struct CompiledFamily {
 
 impl CompiledFamily {
     fn build(fam: u8, prefixes: BTreeMap<(u8, [u8; 16]), u8>) -> Self {
-        let mut nibbles = vec![0u8; 1 << BUCKET_BITS];
         let bucket_bits = BUCKET_BITS as u8;
-        // Short prefixes first: they fill whole runs of buckets.
+        let mut buckets = vec![0u64; BUCKET_WORDS as usize];
+        // Short prefixes fill aligned runs of buckets: whole words at a time
+        // once a run covers one.
         for (&(len, addr), &classes) in prefixes.range(..(bucket_bits + 1, [0; 16])) {
-            let first = bucket_of(&addr) as usize;
-            let count = 1usize << (bucket_bits - len);
-            for nibble in &mut nibbles[first..first + count] {
-                *nibble |= classes;
+            let first = bucket_of(&addr);
+            let count = 1u32 << (bucket_bits - len);
+            if count >= BUCKETS_PER_WORD {
+                let pattern = u64::from(classes) * 0x1111_1111_1111_1111;
+                let words = (first / BUCKETS_PER_WORD) as usize
+                    ..((first + count) / BUCKETS_PER_WORD) as usize;
+                for word in &mut buckets[words] {
+                    *word |= pattern;
+                }
+            } else {
+                for bucket in first..first + count {
+                    set_nibble(&mut buckets, bucket, classes);
+                }
             }
         }
         // Long prefixes: each gets the union of every prefix that contains
@@ -176,11 +197,10 @@ impl CompiledFamily {
             .iter()
             .map(|&(len, addr, classes)| ((len, addr), classes))
             .collect();
-        let long = long_prefixes
+        let long: Vec<_> = long_prefixes
             .iter()
             .map(|&(len, addr, classes)| {
-                let bucket = bucket_of(&addr) as usize;
-                let mut effective = classes | (nibbles[bucket] & class::ANY);
+                let mut effective = classes | (nibble(&buckets, bucket_of(&addr)) & class::ANY);
                 for &shorter in lens.iter().take_while(|&&l| l < len) {
                     if let Some(c) = index.get(&(shorter, mask(&addr, shorter))) {
                         effective |= c;
@@ -188,9 +208,9 @@ impl CompiledFamily {
                 }
                 (len, addr, effective)
             })
-            .collect::<Vec<_>>();
+            .collect();
         for &(_, addr, _) in &long {
-            nibbles[bucket_of(&addr) as usize] |= BUCKET_PARTIAL;
+            set_nibble(&mut buckets, bucket_of(&addr), BUCKET_PARTIAL);
         }
         let mut lengths = LengthList {
             count: lens.len() as u32,
@@ -198,16 +218,6 @@ impl CompiledFamily {
         };
         for (slot, len) in lengths.lens.iter_mut().zip(lens.iter().rev()) {
             *slot = *len;
-        }
-        let mut buckets = vec![0u64; BUCKET_WORDS as usize];
-        for (word, chunk) in buckets
-            .iter_mut()
-            .zip(nibbles.chunks_exact(BUCKETS_PER_WORD as usize))
-        {
-            *word = chunk
-                .iter()
-                .enumerate()
-                .fold(0u64, |w, (i, n)| w | u64::from(*n) << (i * 4));
         }
         Self {
             family: fam,
@@ -220,9 +230,7 @@ impl CompiledFamily {
     /// The classes of `addr` according to these tables: the same steps the
     /// kernel takes, so tests can check the compiler without a kernel.
     pub fn lookup(&self, addr: &[u8; 16]) -> u8 {
-        let bucket = bucket_of(addr);
-        let word = self.buckets[(bucket / BUCKETS_PER_WORD) as usize];
-        let nibble = ((word >> ((bucket % BUCKETS_PER_WORD) * 4)) & 0xf) as u8;
+        let nibble = nibble(&self.buckets, bucket_of(addr));
         if nibble & BUCKET_PARTIAL == 0 {
             return nibble & class::ANY;
         }

@@ -93,6 +93,10 @@ impl DroppedSource {
     }
 }
 
+/// (source, protocol, destination port, reason, monitor): what drops are
+/// summed by across CPUs.
+type FlowKey = (IpAddr, u8, u16, &'static str, bool);
+
 fn open(layout: &PinLayout, name: &'static str) -> Result<MapData, Error> {
     let path = layout.map(name);
     if !path.exists() {
@@ -160,7 +164,7 @@ pub fn read(layout: &PinLayout, top: usize) -> Result<Snapshot, Error> {
                 source,
             },
         )?;
-    let mut by_source: HashMap<(IpAddr, u8, u16, &'static str, bool), (u64, u64)> = HashMap::new();
+    let mut by_source: HashMap<FlowKey, (u64, u64)> = HashMap::new();
     for values in slots.iter() {
         let values = values.map_err(|source| Error::Map {
             map: maps::DROP_SLOTS,

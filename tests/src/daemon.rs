@@ -1,0 +1,134 @@
+//! The real `gateway` command line, started as a separate process inside a
+//! test host's network namespace (but in the test's mount namespace, so its
+//! bpffs pins are the ones the test reads). Killed on drop.
+
+use std::{
+    fs::File,
+    os::{fd::AsRawFd as _, unix::process::CommandExt as _},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::{Duration, Instant},
+};
+
+use gateway::paths::PinLayout;
+
+use crate::netns::Netns;
+
+/// Path of the gateway binary built for the tests: cargo puts it beside the
+/// `deps/` directory that holds the test executables.
+pub fn gateway_bin() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("gateway-under-test"))
+        .expect("test executable lives in target/<profile>/deps");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo test` or `cargo xtask test`, which build it",
+        bin.display()
+    );
+    bin
+}
+
+/// A `gateway` command that will run inside `ns`'s network namespace.
+pub fn gateway_command(ns: &Netns) -> Command {
+    let mut cmd = Command::new(gateway_bin());
+    let path = format!("/var/run/netns/{}", ns.name());
+    let file = File::open(&path).unwrap_or_else(|e| panic!("cannot open {path}: {e}"));
+    // SAFETY: only async-signal-safe calls (setns) between fork and exec; the
+    // file stays open in the parent until the command is spawned.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
+}
+
+/// Runs `gateway ARGS` in `ns` to completion.
+pub fn gateway(ns: &Netns, args: &[&str]) -> Output {
+    gateway_command(ns)
+        .args(args)
+        .output()
+        .expect("cannot run the gateway binary")
+}
+
+/// A running `gateway run` daemon.
+pub struct Daemon {
+    child: Option<Child>,
+    /// Its log (stderr).
+    pub log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `gateway run --config CONFIG` in `ns` and waits until it says
+    /// it is running and every interface in `interfaces` has a pinned link
+    /// under `layout`.
+    pub fn start(ns: &Netns, config: &Path, layout: &PinLayout, interfaces: &[&str]) -> Self {
+        let log = config.with_extension(format!("log-{}", std::process::id()));
+        let stderr = File::create(&log).expect("log file");
+        let child = gateway_command(ns)
+            .args(["run", "--config"])
+            .arg(config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("cannot start the gateway");
+        let mut daemon = Self {
+            child: Some(child),
+            log,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !(daemon.log_text().contains("gateway running")
+            && interfaces.iter().all(|i| layout.link(i).exists()))
+        {
+            if let Some(status) = daemon
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("gateway exited early ({status}):\n{}", daemon.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gateway did not attach within 30 s:\n{}",
+                daemon.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        daemon
+    }
+
+    /// The log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, as a crash would.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().expect("kill");
+            child.wait().expect("wait");
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("daemon already stopped");
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        child.wait().expect("wait")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
