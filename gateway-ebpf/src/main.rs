@@ -122,6 +122,10 @@ struct Packet {
     /// First fragment of a fragmented datagram.
     first_fragment: bool,
     fragment_id: u32,
+    /// The protocol named by the fragmentation header (IPv4: the protocol
+    /// field; IPv6: the fragment header's next header), the same in every
+    /// fragment of a datagram.
+    fragment_protocol: u8,
 }
 
 #[xdp]
@@ -241,6 +245,7 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Result<Packet, ()> {
         later_fragment: offset != 0,
         first_fragment: offset == 0 && more_fragments,
         fragment_id: u16::from_be_bytes([header[4], header[5]]) as u32,
+        fragment_protocol: protocol,
     };
     check_l4(ctx, &packet, l3 + total_len)?;
     Ok(packet)
@@ -271,6 +276,7 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Result<Packet, ()> {
         later_fragment: false,
         first_fragment: false,
         fragment_id: 0,
+        fragment_protocol: 0,
     };
     let mut walked = 0;
     while walked < IPV6_EXT_MAX {
@@ -293,6 +299,7 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Result<Packet, ()> {
             IPPROTO_FRAGMENT => {
                 let fragment = u16::from_be_bytes([ext[2], ext[3]]);
                 packet.fragment_id = u32::from_be_bytes([ext[4], ext[5], ext[6], ext[7]]);
+                packet.fragment_protocol = ext[0];
                 if fragment >> 3 != 0 {
                     packet.later_fragment = true;
                 } else {
@@ -398,7 +405,7 @@ fn fragment_key(packet: &Packet) -> FragmentKey {
         dst: packet.dst,
         id: packet.fragment_id,
         family: packet.family,
-        protocol: packet.protocol,
+        protocol: packet.fragment_protocol,
         pad: [0; 2],
     }
 }

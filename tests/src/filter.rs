@@ -100,9 +100,8 @@ impl TestFilter {
 
     /// Packets counted per (reason, monitor) so far.
     pub fn counts(&self) -> Vec<(Reason, bool, u64)> {
-        let snapshot = stats::read(&self.layout, 0).expect("read counters");
-        snapshot
-            .counters
+        stats::read_counters(&self.layout)
+            .expect("read counters")
             .iter()
             .map(|row| {
                 let reason = *Reason::ALL

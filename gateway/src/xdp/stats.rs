@@ -109,22 +109,9 @@ fn open(layout: &PinLayout, name: &'static str) -> Result<MapData, Error> {
     })
 }
 
-/// Reads the counters and recent drops of the filter pinned at `layout`.
-pub fn read(layout: &PinLayout, top: usize) -> Result<Snapshot, Error> {
-    let settings: Array<MapData, Settings> =
-        Array::try_from(Map::Array(open(layout, maps::SETTINGS)?)).map_err(|source| {
-            Error::Map {
-                map: maps::SETTINGS,
-                action: "opening",
-                source,
-            }
-        })?;
-    let settings = settings.get(&0, 0).map_err(|source| Error::Map {
-        map: maps::SETTINGS,
-        action: "reading",
-        source,
-    })?;
-
+/// Reads the per-reason counters of the filter pinned at `layout`, summed
+/// over CPUs, leaving out zero rows.
+pub fn read_counters(layout: &PinLayout) -> Result<Vec<ReasonCount>, Error> {
     let counters: PerCpuArray<MapData, Counter> =
         PerCpuArray::try_from(Map::PerCpuArray(open(layout, maps::COUNTERS)?)).map_err(
             |source| Error::Map {
@@ -155,6 +142,26 @@ pub fn read(layout: &PinLayout, top: usize) -> Result<Snapshot, Error> {
             });
         }
     }
+    Ok(rows)
+}
+
+/// Reads the counters and recent drops of the filter pinned at `layout`.
+pub fn read(layout: &PinLayout, top: usize) -> Result<Snapshot, Error> {
+    let settings: Array<MapData, Settings> =
+        Array::try_from(Map::Array(open(layout, maps::SETTINGS)?)).map_err(|source| {
+            Error::Map {
+                map: maps::SETTINGS,
+                action: "opening",
+                source,
+            }
+        })?;
+    let settings = settings.get(&0, 0).map_err(|source| Error::Map {
+        map: maps::SETTINGS,
+        action: "reading",
+        source,
+    })?;
+
+    let rows = read_counters(layout)?;
 
     let slots: PerCpuArray<MapData, DropRecord> =
         PerCpuArray::try_from(Map::PerCpuArray(open(layout, maps::DROP_SLOTS)?)).map_err(
