@@ -7,6 +7,7 @@
 //! - [`filter`]: a loaded filter pinned in a private directory, removed on drop.
 //! - [`model`]: a pure-Rust reference model of the filter's policy.
 //! - [`netns`]: network namespaces and veth pairs, removed on drop.
+//! - [`https`]: a real HTTPS server on loopback serving range lists.
 //! - [`daemon`]: the real gateway binary run as a process in a namespace.
 //!
 //! Privileged tests call [`require_root`] first: without root they fail with
@@ -14,6 +15,7 @@
 
 pub mod daemon;
 pub mod filter;
+pub mod https;
 pub mod model;
 pub mod netns;
 pub mod packet;
