@@ -1,3 +1,26 @@
+//! `cargo xtask bench NAME`: builds the benchmark in release mode and runs
+//! it as root; it writes `bench-results/NAME.json` and prints its rows.
+
+use std::process::Command;
+
+use anyhow::bail;
+
+use crate::util::{cargo, exec, require_root};
+
 pub fn run(name: &str) -> anyhow::Result<()> {
-    anyhow::bail!("unknown benchmark {name}")
+    let bin = match name {
+        "xdp" => "bench-xdp",
+        other => bail!("unknown benchmark `{other}`; known: xdp"),
+    };
+    require_root("the benchmark loads XDP programs and builds network namespaces")?;
+    exec(cargo().args([
+        "build",
+        "--release",
+        "--locked",
+        "-p",
+        "gateway-tests",
+        "--bin",
+        bin,
+    ]))?;
+    exec(Command::new(format!("target/release/{bin}")).arg("bench-results"))
 }

@@ -27,6 +27,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ),
     ("bpftool", "inspecting loaded programs"),
     ("iputils-ping", "reachability checks in namespace tests"),
+    ("ethtool", "GRO on the benchmark's veth pair"),
 ];
 
 pub fn run() -> anyhow::Result<()> {
