@@ -38,9 +38,9 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use gateway_common::{
-    BUCKET_PARTIAL, BUCKET_WORDS, BUCKETS_PER_WORD, BucketWord, COUNTERS_MAX, Counter,
-    DROP_REPORT_INTERVAL_NS, DropRecord, FragmentKey, LengthList, PORTS_MAX, PrefixKey, Reason,
-    Settings, class, family, lengths_index, maps, port_index,
+    BUCKET_PARTIAL, BUCKET_WORDS, BUCKETS_PER_WORD, BucketKey, BucketLengths, BucketWord,
+    COUNTERS_MAX, Counter, DROP_REPORT_INTERVAL_NS, DropRecord, FragmentKey, LengthList, PORTS_MAX,
+    PrefixKey, Reason, Settings, class, family, lengths_index, maps, port_index,
 };
 
 #[map(name = "GW_SETTINGS")]
@@ -64,6 +64,10 @@ static PREFIXES: HashMap<PrefixKey, u32> = HashMap::pinned(maps::PREFIXES_MAX, N
 
 #[map(name = "GW_LENGTHS")]
 static LENGTHS: Array<LengthList> = Array::pinned(4, 0);
+
+#[map(name = "GW_BUCKET_LENS")]
+static BUCKET_LENGTHS: HashMap<BucketKey, BucketLengths> =
+    HashMap::pinned(maps::PREFIXES_MAX, NO_PREALLOC);
 
 #[map(name = "GW_PORTS")]
 static PORTS: Array<u64> = Array::pinned(PORTS_MAX, MMAPABLE);
@@ -126,6 +130,8 @@ struct Packet {
     /// field; IPv6: the fragment header's next header), the same in every
     /// fragment of a datagram.
     fragment_protocol: u8,
+    /// Source and destination port of TCP and UDP (first fragments too).
+    ports: Option<(u16, u16)>,
 }
 
 #[xdp]
@@ -149,7 +155,7 @@ pub fn gateway_xdp(ctx: XdpContext) -> u32 {
         count(reason as u32, len);
         return xdp_action::XDP_PASS;
     }
-    report_drop(&ctx, packet.as_ref(), reason, monitor, len);
+    report_drop(packet.as_ref(), reason, monitor, len);
     if monitor {
         count(reason as u32 + Reason::COUNT, len);
         xdp_action::XDP_PASS
@@ -171,10 +177,15 @@ fn count(index: u32, len: u64) {
 }
 
 /// Reads a `T` at `offset`, or `Err` when the frame is too short.
+///
+/// `data_end` is read with a volatile load so that LLVM cannot prove this
+/// check redundant from earlier length arithmetic and drop it: the verifier
+/// only accepts packet reads guarded by a comparison against `data_end`.
 #[inline(always)]
 fn load<T: Copy>(ctx: &XdpContext, offset: usize) -> Result<T, ()> {
     let start = ctx.data();
-    let end = ctx.data_end();
+    // SAFETY: reading a field of the live context.
+    let end = unsafe { core::ptr::read_volatile(&(*ctx.ctx).data_end) } as usize;
     if start + offset + size_of::<T>() > end {
         return Err(());
     }
@@ -236,7 +247,7 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Result<Packet, ()> {
     let mut dst = [0u8; 16];
     src[..4].copy_from_slice(&header[12..16]);
     dst[..4].copy_from_slice(&header[16..20]);
-    let packet = Packet {
+    let mut packet = Packet {
         family: family::V4,
         src,
         dst,
@@ -246,8 +257,9 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Result<Packet, ()> {
         first_fragment: offset == 0 && more_fragments,
         fragment_id: u16::from_be_bytes([header[4], header[5]]) as u32,
         fragment_protocol: protocol,
+        ports: None,
     };
-    check_l4(ctx, &packet, l3 + total_len)?;
+    packet.ports = read_ports(ctx, &packet, l3 + total_len)?;
     Ok(packet)
 }
 
@@ -277,6 +289,7 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Result<Packet, ()> {
         first_fragment: false,
         fragment_id: 0,
         fragment_protocol: 0,
+        ports: None,
     };
     let mut walked = 0;
     while walked < IPV6_EXT_MAX {
@@ -328,24 +341,30 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Result<Packet, ()> {
     {
         return Err(());
     }
-    check_l4(ctx, &packet, end)?;
+    packet.ports = read_ports(ctx, &packet, end)?;
     Ok(packet)
 }
 
-/// TCP and UDP packets (and first fragments) must carry at least the 8
-/// bytes of L4 header that hold the ports, inside the IP datagram.
+/// The ports of TCP and UDP packets (first fragments included), which must
+/// carry at least the 8 bytes of L4 header that hold them, inside the IP
+/// datagram; `Ok(None)` for other protocols and later fragments.
 #[inline(always)]
-fn check_l4(ctx: &XdpContext, packet: &Packet, datagram_end: usize) -> Result<(), ()> {
-    if packet.later_fragment {
-        return Ok(());
+fn read_ports(
+    ctx: &XdpContext,
+    packet: &Packet,
+    datagram_end: usize,
+) -> Result<Option<(u16, u16)>, ()> {
+    if packet.later_fragment || !matches!(packet.protocol, IPPROTO_TCP | IPPROTO_UDP) {
+        return Ok(None);
     }
-    if matches!(packet.protocol, IPPROTO_TCP | IPPROTO_UDP) {
-        if packet.l4 + 8 > datagram_end || packet.l4 > 2048 {
-            return Err(());
-        }
-        load::<[u8; 8]>(ctx, packet.l4)?;
+    if packet.l4 + 8 > datagram_end || packet.l4 > 2048 {
+        return Err(());
     }
-    Ok(())
+    let header: [u8; 8] = load(ctx, packet.l4)?;
+    Ok(Some((
+        u16::from_be_bytes([header[0], header[1]]),
+        u16::from_be_bytes([header[2], header[3]]),
+    )))
 }
 
 #[inline(always)]
@@ -363,8 +382,7 @@ fn decide(ctx: &XdpContext, settings: &Settings, packet: &Packet) -> Reason {
         };
     }
     let strict = settings.flags & Settings::STRICT != 0;
-    let ports = l4_ports(ctx, packet);
-    let mut accepted = match ports {
+    let mut accepted = match packet.ports {
         Some((_, dst_port)) => port_classes(packet.protocol == IPPROTO_UDP, dst_port),
         None => 0,
     };
@@ -378,9 +396,9 @@ fn decide(ctx: &XdpContext, settings: &Settings, packet: &Packet) -> Reason {
         Reason::AllowedRelay
     } else if source & accepted & class::MANAGEMENT != 0 {
         Reason::AllowedManagement
-    } else if strict && host_essential(ctx, packet, ports) {
+    } else if strict && host_essential(ctx, packet) {
         Reason::HostEssential
-    } else if strict && host_connection(ctx, packet, ports) {
+    } else if strict && host_connection(ctx, packet) {
         Reason::HostConnection
     } else {
         Reason::DropNotAllowed
@@ -410,19 +428,6 @@ fn fragment_key(packet: &Packet) -> FragmentKey {
     }
 }
 
-/// Source and destination port of a TCP/UDP packet (first fragment included).
-#[inline(always)]
-fn l4_ports(ctx: &XdpContext, packet: &Packet) -> Option<(u16, u16)> {
-    if !matches!(packet.protocol, IPPROTO_TCP | IPPROTO_UDP) || packet.l4 > 2048 {
-        return None;
-    }
-    let ports: [u8; 4] = load(ctx, packet.l4).ok()?;
-    Some((
-        u16::from_be_bytes([ports[0], ports[1]]),
-        u16::from_be_bytes([ports[2], ports[3]]),
-    ))
-}
-
 #[inline(always)]
 fn port_classes(is_udp: bool, port: u16) -> u8 {
     PORTS
@@ -432,7 +437,8 @@ fn port_classes(is_udp: bool, port: u16) -> u8 {
 }
 
 /// The classes of a source address: one array read, and only for /24s that
-/// hold longer prefixes, a hash lookup per long prefix length present.
+/// hold longer prefixes, a hash lookup for the bucket's lengths and one per
+/// length present in it.
 #[inline(always)]
 fn source_class(generation: u32, family: u8, addr: &[u8; 16]) -> u8 {
     let top = (addr[0] as u32) << 16 | (addr[1] as u32) << 8 | addr[2] as u32;
@@ -449,7 +455,7 @@ fn source_class(generation: u32, family: u8, addr: &[u8; 16]) -> u8 {
     if nibble & BUCKET_PARTIAL == 0 {
         return nibble & class::ANY;
     }
-    long_prefix_class(generation, family, addr).unwrap_or(nibble & class::ANY)
+    long_prefix_class(generation, family, addr, top).unwrap_or(nibble & class::ANY)
 }
 
 /// State of a long-prefix search, shared with [`long_prefix_step`].
@@ -457,20 +463,37 @@ fn source_class(generation: u32, family: u8, addr: &[u8; 16]) -> u8 {
 struct LongPrefixSearch {
     key: PrefixKey,
     addr: [u8; 16],
-    lengths: u32,
+    /// The bucket's own lengths, unless `global` says to use [`LENGTHS`].
+    lens: [u8; 16],
+    global: u32,
+    lengths_index: u32,
     /// `FOUND | classes` once a prefix matched.
     result: u32,
 }
 
 const FOUND: u32 = 1 << 31;
 
-/// Tries the long prefix lengths present, longest first. The search runs
-/// under `bpf_loop` so the verifier checks its body once, not once per
-/// length for every parsing path that reaches it.
+/// Tries the long prefix lengths present in the address's bucket, longest
+/// first. The search runs under `bpf_loop` so the verifier checks its body
+/// once, not once per length for every parsing path that reaches it.
 #[inline(always)]
-fn long_prefix_class(generation: u32, family: u8, addr: &[u8; 16]) -> Option<u8> {
-    let index = lengths_index(generation, family);
-    let count = LENGTHS.get(index)?.count.min(104);
+fn long_prefix_class(generation: u32, family: u8, addr: &[u8; 16], bucket: u32) -> Option<u8> {
+    let bucket_key = BucketKey {
+        generation: generation as u8,
+        family,
+        pad: [0; 2],
+        bucket,
+    };
+    // SAFETY: the value is plain data copied out immediately.
+    let bucket_lengths = *unsafe { BUCKET_LENGTHS.get(bucket_key) }?;
+    let lengths_index = lengths_index(generation, family);
+    let (count, global) = if bucket_lengths.count == BucketLengths::USE_GLOBAL {
+        (LENGTHS.get(lengths_index)?.count.min(104), 1)
+    } else {
+        (u32::from(bucket_lengths.count).min(15), 0)
+    };
+    let mut lens = [0u8; 16];
+    lens[..15].copy_from_slice(&bucket_lengths.lens);
     let mut search = LongPrefixSearch {
         key: PrefixKey {
             generation: generation as u8,
@@ -480,7 +503,9 @@ fn long_prefix_class(generation: u32, family: u8, addr: &[u8; 16]) -> Option<u8>
             addr: [0; 16],
         },
         addr: *addr,
-        lengths: index,
+        lens,
+        global,
+        lengths_index,
         result: 0,
     };
     // SAFETY: the callback only touches `search` through the pointer it is given.
@@ -500,11 +525,19 @@ fn long_prefix_class(generation: u32, family: u8, addr: &[u8; 16]) -> Option<u8>
 extern "C" fn long_prefix_step(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
     // SAFETY: bpf_loop passes back the pointer given in long_prefix_class.
     let search = unsafe { &mut *(ctx as *mut LongPrefixSearch) };
-    let Some(lengths) = LENGTHS.get(search.lengths) else {
-        return 1;
-    };
-    let Some(&len) = lengths.lens.get(i as usize) else {
-        return 1;
+    let len = if search.global != 0 {
+        let Some(lengths) = LENGTHS.get(search.lengths_index) else {
+            return 1;
+        };
+        match lengths.lens.get(i as usize) {
+            Some(len) => *len,
+            None => return 1,
+        }
+    } else {
+        match search.lens.get(i as usize) {
+            Some(len) => *len,
+            None => return 1,
+        }
     };
     search.key.len = len;
     search.key.addr = masked(&search.addr, len);
@@ -552,8 +585,8 @@ fn masked(addr: &[u8; 16], len: u8) -> [u8; 16] {
 
 /// ICMP a host cannot work without, and DHCP replies to its client.
 #[inline(always)]
-fn host_essential(ctx: &XdpContext, packet: &Packet, ports: Option<(u16, u16)>) -> bool {
-    match (packet.protocol, ports) {
+fn host_essential(ctx: &XdpContext, packet: &Packet) -> bool {
+    match (packet.protocol, packet.ports) {
         // DHCPv4 server -> client, DHCPv6 server -> client.
         (IPPROTO_UDP, Some((67, 68))) | (IPPROTO_UDP, Some((547, 546))) => true,
         (IPPROTO_ICMP, _) if packet.family == family::V4 => {
@@ -584,8 +617,8 @@ fn icmp_type(ctx: &XdpContext, packet: &Packet) -> Option<u8> {
 /// opened?": the kernel's own socket tables. TCP must find a socket that is
 /// not listening (SYN-SENT, ESTABLISHED, ...); UDP a connected socket.
 #[inline(always)]
-fn host_connection(ctx: &XdpContext, packet: &Packet, ports: Option<(u16, u16)>) -> bool {
-    let Some((src_port, dst_port)) = ports else {
+fn host_connection(ctx: &XdpContext, packet: &Packet) -> bool {
+    let Some((src_port, dst_port)) = packet.ports else {
         return false;
     };
     let (sport, dport) = (src_port.to_be(), dst_port.to_be());
@@ -653,49 +686,66 @@ struct SockTupleV6 {
     dport: u16,
 }
 
-/// Aggregates a drop into this CPU's slot for its (source, protocol, port);
-/// a slot is sent to the ring buffer when another flow takes it or when it
-/// is older than `DROP_REPORT_INTERVAL_NS`. A flood therefore produces at
-/// most one record per slot change, and a full ring loses records, never
-/// counts (the counters are exact).
+/// Aggregates a drop into this CPU's slot for its (source, protocol, port)
+/// flow. A slot is sent to the ring buffer when another flow takes it or,
+/// checked every 64 packets, when it is older than
+/// `DROP_REPORT_INTERVAL_NS`. Flows evicted after a single packet (what a
+/// spoofed-source flood looks like) are summed per reason into one record of
+/// family `MANY` instead, so a flood costs no ring-buffer record per packet.
+/// A full ring loses records, never counts: the counters are exact.
 #[inline(always)]
-fn report_drop(ctx: &XdpContext, packet: Option<&Packet>, reason: Reason, monitor: bool, len: u64) {
+fn report_drop(packet: Option<&Packet>, reason: Reason, monitor: bool, len: u64) {
     // Malformed frames have no trustworthy source: the counters cover them.
     let Some(packet) = packet else {
         return;
     };
-    let (src, family, protocol) = (packet.src, packet.family, packet.protocol);
-    let dst_port = l4_ports(ctx, packet).map(|(_, port)| port).unwrap_or(0);
-    let mut hash: u32 = 2166136261;
-    for byte in src.iter() {
-        hash = (hash ^ *byte as u32).wrapping_mul(16777619);
-    }
-    hash = (hash ^ dst_port as u32).wrapping_mul(16777619);
-    let Some(slot) = DROP_SLOTS.get_ptr_mut(hash & (maps::DROP_SLOTS_MAX - 1)) else {
+    let dst_port = packet.ports.map(|(_, port)| port).unwrap_or(0);
+    let src = &packet.src;
+    let word = |i: usize| u32::from_ne_bytes([src[i], src[i + 1], src[i + 2], src[i + 3]]);
+    let mixed = (word(0) ^ word(4) ^ word(8) ^ word(12) ^ (u32::from(dst_port) << 16))
+        .wrapping_mul(0x9e37_79b1);
+    let index = mixed >> (32 - maps::DROP_FLOW_SLOTS.trailing_zeros());
+    let Some(slot) = DROP_SLOTS.get_ptr_mut(index) else {
         return;
     };
     // SAFETY: per-CPU slot, only this CPU touches it while XDP runs here.
     let slot = unsafe { &mut *slot };
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let same = slot.family == family
-        && slot.src == src
+    if slot.family == packet.family
+        && slot.src == packet.src
         && slot.dst_port == dst_port
-        && slot.protocol == protocol
+        && slot.protocol == packet.protocol
         && slot.reason == reason as u8
-        && slot.monitor == monitor as u8;
-    if same && now.wrapping_sub(slot.first_ns) < DROP_REPORT_INTERVAL_NS {
+        && slot.monitor == monitor as u8
+    {
         slot.packets += 1;
         slot.bytes += len;
+        if slot.packets % 64 != 0 {
+            return;
+        }
+        let now = unsafe { bpf_ktime_get_coarse_ns() };
         slot.last_ns = now;
+        if now.wrapping_sub(slot.first_ns) >= DROP_REPORT_INTERVAL_NS {
+            let _ = DROP_EVENTS.output::<DropRecord>(&*slot, RB_NO_WAKEUP);
+            slot.family = 0;
+        }
         return;
     }
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     if slot.family != 0 {
-        let _ = DROP_EVENTS.output::<DropRecord>(&*slot, RB_NO_WAKEUP);
+        if slot.packets > 1 {
+            let _ = DROP_EVENTS.output::<DropRecord>(&*slot, RB_NO_WAKEUP);
+        } else {
+            add_single(
+                slot.reason as u32 + if slot.monitor != 0 { Reason::COUNT } else { 0 },
+                slot,
+                now,
+            );
+        }
     }
     *slot = DropRecord {
-        src,
-        family,
-        protocol,
+        src: packet.src,
+        family: packet.family,
+        protocol: packet.protocol,
         dst_port,
         reason: reason as u8,
         monitor: monitor as u8,
@@ -705,6 +755,33 @@ fn report_drop(ctx: &XdpContext, packet: Option<&Packet>, reason: Reason, monito
         first_ns: now,
         last_ns: now,
     };
+}
+
+/// Adds an evicted single-packet flow to the `MANY` record of its counter
+/// index, reporting that record once its window is over.
+#[inline(always)]
+fn add_single(counter: u32, evicted: &DropRecord, now: u64) {
+    let Some(many) = DROP_SLOTS.get_ptr_mut(maps::DROP_FLOW_SLOTS + counter % COUNTERS_MAX) else {
+        return;
+    };
+    // SAFETY: per-CPU slot, only this CPU touches it while XDP runs here.
+    let many = unsafe { &mut *many };
+    if many.family == 0 {
+        *many = DropRecord {
+            family: family::MANY,
+            reason: evicted.reason,
+            monitor: evicted.monitor,
+            first_ns: now,
+            ..DropRecord::default()
+        };
+    }
+    many.packets += evicted.packets;
+    many.bytes += evicted.bytes;
+    many.last_ns = now;
+    if now.wrapping_sub(many.first_ns) >= DROP_REPORT_INTERVAL_NS {
+        let _ = DROP_EVENTS.output::<DropRecord>(&*many, RB_NO_WAKEUP);
+        many.family = 0;
+    }
 }
 
 #[cfg(not(test))]

@@ -62,7 +62,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
     let mut filter = start_filter(&xdp_config, &sources)?;
     let layout = PinLayout::new(&xdp_config.pin_dir);
     let mut drops = DropEvents::open(&layout)?;
-    let mut drop_window: HashMap<(IpAddr, u16), u64> = HashMap::new();
+    let mut drop_window: HashMap<(Option<IpAddr>, u16), u64> = HashMap::new();
 
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
@@ -106,7 +106,14 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
                     let mut top: Vec<_> = drop_window.drain().collect();
                     top.sort_by_key(|&(_, packets)| std::cmp::Reverse(packets));
                     let total: u64 = top.iter().map(|(_, n)| n).sum();
-                    let shown: Vec<String> = top.iter().take(5).map(|((ip, port), n)| format!("{ip}->{port}: {n}")).collect();
+                    let shown: Vec<String> = top
+                        .iter()
+                        .take(5)
+                        .map(|((ip, port), n)| match ip {
+                            Some(ip) => format!("{ip}->{port}: {n}"),
+                            None => format!("single-packet sources: {n}"),
+                        })
+                        .collect();
                     info!(total, sources = top.len(), top = %shown.join(", "), "XDP drops in the last minute");
                 }
             }

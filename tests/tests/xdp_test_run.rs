@@ -1041,13 +1041,13 @@ fn drop_records_are_aggregated_per_source_and_port() {
 
     let snapshot = stats::read(&f.layout, 10).unwrap();
     let top = &snapshot.top_dropped_sources;
-    assert_eq!(top[0].source, ip(OUTSIDER4), "{top:?}");
+    assert_eq!(top[0].source, Some(ip(OUTSIDER4)), "{top:?}");
     assert_eq!(
         (top[0].dst_port, top[0].protocol, top[0].packets),
         (443, 6, 500)
     );
     assert_eq!(top[0].reason, "dropped_not_allowed");
-    assert_eq!(top[1].source, ip(OUTSIDER6));
+    assert_eq!(top[1].source, Some(ip(OUTSIDER6)));
     assert_eq!(
         (top[1].dst_port, top[1].protocol, top[1].packets),
         (80, 17, 7)
@@ -1059,16 +1059,118 @@ fn drop_records_are_aggregated_per_source_and_port() {
         .unwrap();
     assert_eq!(dropped.packets, 507);
 
-    // A record is reported once its window is over and the flow shows up again.
+    // A flow's record is reported once its window is over, checked every
+    // 64th packet: here at packet 512.
     std::thread::sleep(std::time::Duration::from_millis(1100));
+    f.run_repeat(&frame, 11);
+    assert!(
+        events
+            .drain()
+            .iter()
+            .all(|r| r.source != Some(ip(OUTSIDER4))),
+        "not yet at packet 511"
+    );
     f.run(&frame);
     let records = events.drain();
     let record = records
         .iter()
-        .find(|r| r.source == ip(OUTSIDER4))
+        .find(|r| r.source == Some(ip(OUTSIDER4)))
         .expect("record for the v4 outsider");
     assert_eq!(
         (record.packets, record.dst_port, record.bytes),
-        (500, 443, 500 * frame.len() as u64)
+        (512, 443, 512 * frame.len() as u64)
     );
+
+    // A spoofed-source flood: every source sends one packet. They are summed
+    // into one record without a source instead of one record each.
+    let spoofed = |i: u32| {
+        let src = std::net::Ipv4Addr::from(0x0a00_0000 + i);
+        Frame::tcp(IpAddr::V4(src), ip(HOST4), 443).build()
+    };
+    for i in 0..3000 {
+        f.run(&spoofed(i));
+    }
+    let spoofed_records = events
+        .drain()
+        .into_iter()
+        .filter(|r| matches!(r.source, Some(IpAddr::V4(a)) if a.octets()[0] == 10))
+        .count();
+    assert_eq!(
+        spoofed_records, 0,
+        "single-packet sources produce no per-source record"
+    );
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    for i in 3000..6000 {
+        f.run(&spoofed(i));
+    }
+    let summed: Vec<_> = events
+        .drain()
+        .into_iter()
+        .filter(|r| r.source.is_none())
+        .collect();
+    assert_eq!(summed.len(), 1, "one summed record, got {}", summed.len());
+    assert_eq!(summed[0].reason, "dropped_not_allowed");
+    // 3000 one-packet sources through 1024 slots evict at least 1976.
+    assert!(summed[0].packets >= 3000 - 1024, "{summed:?}");
+}
+
+/// A bucket holding more long lengths than its own list takes falls back to
+/// the family's list; verdicts stay exact on both sides of every prefix.
+#[test]
+fn many_prefix_lengths_in_one_bucket() {
+    let relay: Vec<ipnet::IpNet> = (0..20u8)
+        .map(|i| {
+            let len = 40 + i;
+            // 2001:d00:<i+1>00::/len: disjoint, all in the bucket 2001:0d.
+            let addr =
+                std::net::Ipv6Addr::from((0x2001_0d00_u128 << 96) | (u128::from(i + 1) << 96));
+            ipnet::IpNet::new(addr.into(), len).unwrap()
+        })
+        .collect();
+    let set = RangeSet::new(relay, vec![]);
+    let compiled = set.compile();
+    assert!(
+        compiled
+            .v6
+            .bucket_lengths
+            .iter()
+            .any(|(_, l)| l.count == gateway_common::BucketLengths::USE_GLOBAL),
+        "the bucket must overflow its own list"
+    );
+    let mut f = TestFilter::new(
+        "lengths",
+        &settings(FilterMode::Ports, false, &[443], &[]),
+        &set,
+    );
+    for net in set.relay() {
+        let inside = net.network();
+        expect(
+            &mut f,
+            &format!("first of {net}"),
+            &Frame::tcp(inside, ip(HOST6), 443).build(),
+            XDP_PASS,
+            AllowedRelay,
+        );
+        let IpAddr::V6(last) = net.broadcast() else {
+            unreachable!()
+        };
+        let outside = IpAddr::V6(std::net::Ipv6Addr::from(u128::from(last).wrapping_add(1)));
+        let reason = if set.classify(outside) != 0 {
+            AllowedRelay
+        } else {
+            DropNotAllowed
+        };
+        let action = if reason == AllowedRelay {
+            XDP_PASS
+        } else {
+            XDP_DROP
+        };
+        expect(
+            &mut f,
+            &format!("past {net}"),
+            &Frame::tcp(outside, ip(HOST6), 443).build(),
+            action,
+            reason,
+        );
+    }
 }

@@ -36,6 +36,9 @@ pub mod maps {
     pub const PREFIXES: &str = "GW_PREFIXES";
     /// `Array<LengthList>`: which long prefix lengths exist, per generation and family.
     pub const LENGTHS: &str = "GW_LENGTHS";
+    /// `HashMap<BucketKey, BucketLengths>`: the long prefix lengths inside
+    /// one partial bucket, so a lookup tries only those.
+    pub const BUCKET_LENGTHS: &str = "GW_BUCKET_LENS";
     /// `Array<u64>`: the classes a destination port accepts, by `port_index`
     /// (0: not guarded). 64-bit so the mmapped array has no hidden stride.
     pub const PORTS: &str = "GW_PORTS";
@@ -50,12 +53,13 @@ pub mod maps {
     pub const FRAGMENTS: &str = "GW_FRAGMENTS";
 
     /// Every pinned map, for adoption and for `gateway xdp detach`.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 11] = [
         SETTINGS,
         BUCKETS_V4,
         BUCKETS_V6,
         PREFIXES,
         LENGTHS,
+        BUCKET_LENGTHS,
         PORTS,
         COUNTERS,
         DROP_SLOTS,
@@ -66,8 +70,13 @@ pub mod maps {
     /// Prefixes longer than [`super::BUCKET_BITS`], over both families and both
     /// generations. The map is allocated on demand (`BPF_F_NO_PREALLOC`).
     pub const PREFIXES_MAX: u32 = 1 << 20;
-    /// Aggregation slots per CPU; a power of two (the slot is a masked hash).
-    pub const DROP_SLOTS_MAX: u32 = 1024;
+    /// Aggregation slots per CPU for single flows; a power of two (the slot
+    /// is a masked hash). The map holds `super::COUNTERS_MAX` more slots
+    /// after them, one per counter index, where sources seen only once are
+    /// summed (see `super::family::MANY`).
+    pub const DROP_FLOW_SLOTS: u32 = 1024;
+    /// Entries of the drop-slot map.
+    pub const DROP_SLOTS_MAX: u32 = DROP_FLOW_SLOTS + super::COUNTERS_MAX;
     /// Ring buffer size in bytes (a power of two, a multiple of the page size).
     pub const DROP_EVENTS_BYTES: u32 = 1 << 20;
     /// Fragmented datagrams tracked at once.
@@ -103,6 +112,11 @@ pub mod family {
     pub const V4: u8 = 4;
     /// IPv6.
     pub const V6: u8 = 6;
+    /// In a [`super::DropRecord`]: the sum of drops from sources that sent a
+    /// single packet in their window (a spoofed-source flood); `src` is
+    /// zero. Reporting each of them would cost a ring-buffer record per
+    /// packet exactly when packets are cheapest to drop.
+    pub const MANY: u8 = 0xff;
 }
 
 /// Key of [`maps::PREFIXES`]: one prefix longer than [`BUCKET_BITS`] in one
@@ -121,6 +135,35 @@ pub struct PrefixKey {
     pub pad: u8,
     /// The address masked to `len` bits; IPv4 uses the first 4 bytes.
     pub addr: [u8; 16],
+}
+
+/// Key of [`maps::BUCKET_LENGTHS`]: one partial bucket in one generation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct BucketKey {
+    /// 0 or 1.
+    pub generation: u8,
+    /// [`family::V4`] or [`family::V6`].
+    pub family: u8,
+    /// Explicit padding, always zero.
+    pub pad: [u8; 2],
+    /// The top [`BUCKET_BITS`] bits of the addresses in the bucket.
+    pub bucket: u32,
+}
+
+/// The long prefix lengths inside one bucket, longest first.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BucketLengths {
+    /// Valid entries in `lens`, or [`BucketLengths::USE_GLOBAL`].
+    pub count: u8,
+    /// Prefix lengths, strictly decreasing.
+    pub lens: [u8; 15],
+}
+
+impl BucketLengths {
+    /// The bucket holds more lengths than fit: use the family's [`LengthList`].
+    pub const USE_GLOBAL: u8 = 0xff;
 }
 
 /// Long prefix lengths present in one generation of one family, longest first,
@@ -268,7 +311,7 @@ pub const COUNTERS_MAX: u32 = 2 * Reason::COUNT;
 pub struct DropRecord {
     /// Source address; IPv4 in the first 4 bytes.
     pub src: [u8; 16],
-    /// [`family::V4`] or [`family::V6`]; 0 marks an empty slot.
+    /// [`family::V4`], [`family::V6`] or [`family::MANY`]; 0 marks an empty slot.
     pub family: u8,
     /// IP protocol number (6 TCP, 17 UDP, ...).
     pub protocol: u8,
@@ -317,6 +360,8 @@ mod pod {
     // byte arrays, and have no implicit padding (explicit `pad` fields).
     unsafe impl aya::Pod for super::PrefixKey {}
     unsafe impl aya::Pod for super::LengthList {}
+    unsafe impl aya::Pod for super::BucketKey {}
+    unsafe impl aya::Pod for super::BucketLengths {}
     unsafe impl aya::Pod for super::Settings {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::DropRecord {}
@@ -332,6 +377,8 @@ mod tests {
         use core::mem::size_of;
         assert_eq!(size_of::<PrefixKey>(), 20);
         assert_eq!(size_of::<LengthList>(), 108);
+        assert_eq!(size_of::<BucketKey>(), 8);
+        assert_eq!(size_of::<BucketLengths>(), 16);
         assert_eq!(size_of::<Settings>(), 8);
         assert_eq!(size_of::<Counter>(), 16);
         assert_eq!(size_of::<DropRecord>(), 16 + 8 + 32);

@@ -46,8 +46,8 @@ use aya::{
     },
 };
 use gateway_common::{
-    BUCKET_WORDS, PORTS_MAX, PROGRAM_NAME, PrefixKey, Settings, class, lengths_index, maps,
-    port_index,
+    BUCKET_WORDS, BucketKey, PORTS_MAX, PROGRAM_NAME, PrefixKey, Settings, class, lengths_index,
+    maps, port_index,
 };
 use tracing::{info, warn};
 
@@ -329,40 +329,47 @@ impl Filter {
             0
         };
 
-        // Long prefixes: drop the old entries of `next`, write the new ones.
-        let mut prefixes: HashMap<&mut MapData, PrefixKey, u32> = HashMap::try_from(
-            self.ebpf
-                .map_mut(maps::PREFIXES)
-                .ok_or(Error::NotPinned(maps::PREFIXES.into()))?,
-        )
-        .map_err(Error::map(maps::PREFIXES, "opening"))?;
-        let stale: Vec<PrefixKey> = prefixes
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|key| u32::from(key.generation) == next)
-            .collect();
-        for key in stale {
-            match prefixes.remove(&key) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(Error::map(maps::PREFIXES, "removing an old prefix")(e)),
-            }
-        }
-        let mut long_prefixes = 0;
+        // Long prefixes and per-bucket lengths: drop the old entries of
+        // `next`, write the new ones.
+        let generation = next as u8;
+        let mut long_prefixes = Vec::new();
+        let mut bucket_lengths = Vec::new();
         for table in [&compiled.v4, &compiled.v6] {
-            for &(len, addr, classes) in &table.long {
+            long_prefixes.extend(table.long.iter().map(|&(len, addr, classes)| {
                 let key = PrefixKey {
-                    generation: next as u8,
+                    generation,
                     family: table.family,
                     len,
                     pad: 0,
                     addr,
                 };
-                prefixes
-                    .insert(key, u32::from(classes), 0)
-                    .map_err(Error::map(maps::PREFIXES, "inserting a prefix"))?;
-                long_prefixes += 1;
-            }
+                (key, u32::from(classes))
+            }));
+            bucket_lengths.extend(table.bucket_lengths.iter().map(|&(bucket, lens)| {
+                let key = BucketKey {
+                    generation,
+                    family: table.family,
+                    pad: [0; 2],
+                    bucket,
+                };
+                (key, lens)
+            }));
         }
+        let long_prefix_count = long_prefixes.len();
+        replace_generation(
+            &mut self.ebpf,
+            maps::PREFIXES,
+            generation,
+            |key: &PrefixKey| key.generation,
+            long_prefixes,
+        )?;
+        replace_generation(
+            &mut self.ebpf,
+            maps::BUCKET_LENGTHS,
+            generation,
+            |key: &BucketKey| key.generation,
+            bucket_lengths,
+        )?;
         let mut lengths: Array<&mut MapData, gateway_common::LengthList> = Array::try_from(
             self.ebpf
                 .map_mut(maps::LENGTHS)
@@ -395,7 +402,7 @@ impl Filter {
             generation: next,
             relay_prefixes: set.relay().len(),
             management_prefixes: set.management().len(),
-            long_prefixes,
+            long_prefixes: long_prefix_count,
         })
     }
 
@@ -499,6 +506,36 @@ impl Filter {
         };
         MmapArray::new(data, name)
     }
+}
+
+/// Replaces the entries of one generation in a hash map keyed by
+/// generation: removes the old ones, inserts `entries`.
+fn replace_generation<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    generation: u8,
+    generation_of: impl Fn(&K) -> u8,
+    entries: Vec<(K, V)>,
+) -> Result<(), Error> {
+    let mut map: HashMap<&mut MapData, K, V> =
+        HashMap::try_from(ebpf.map_mut(name).ok_or(Error::NotPinned(name.into()))?)
+            .map_err(Error::map(name, "opening"))?;
+    let stale: Vec<K> = map
+        .keys()
+        .filter_map(Result::ok)
+        .filter(|key| generation_of(key) == generation)
+        .collect();
+    for key in stale {
+        match map.remove(&key) {
+            Ok(()) | Err(MapError::KeyNotFound) => {}
+            Err(e) => return Err(Error::map(name, "removing an old entry")(e)),
+        }
+    }
+    for (key, value) in entries {
+        map.insert(key, value, 0)
+            .map_err(Error::map(name, "inserting an entry"))?;
+    }
+    Ok(())
 }
 
 fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp, Error> {

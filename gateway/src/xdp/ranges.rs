@@ -23,7 +23,8 @@ use std::{
 };
 
 use gateway_common::{
-    BUCKET_BITS, BUCKET_PARTIAL, BUCKET_WORDS, BUCKETS_PER_WORD, LengthList, class, family,
+    BUCKET_BITS, BUCKET_PARTIAL, BUCKET_WORDS, BUCKETS_PER_WORD, BucketLengths, LengthList, class,
+    family,
 };
 use ipnet::IpNet;
 
@@ -161,6 +162,8 @@ pub struct CompiledFamily {
     pub long: Vec<(u8, [u8; 16], u8)>,
     /// The long lengths present, longest first.
     pub lengths: LengthList,
+    /// For each partial bucket, the long lengths inside it.
+    pub bucket_lengths: Vec<(u32, BucketLengths)>,
 }
 
 impl CompiledFamily {
@@ -209,9 +212,28 @@ impl CompiledFamily {
                 (len, addr, effective)
             })
             .collect();
-        for &(_, addr, _) in &long {
+        let mut per_bucket: BTreeMap<u32, Vec<u8>> = BTreeMap::new();
+        for &(len, addr, _) in &long {
             set_nibble(&mut buckets, bucket_of(&addr), BUCKET_PARTIAL);
+            per_bucket.entry(bucket_of(&addr)).or_default().push(len);
         }
+        let bucket_lengths = per_bucket
+            .into_iter()
+            .map(|(bucket, mut lens)| {
+                lens.sort_unstable_by(|a, b| b.cmp(a));
+                lens.dedup();
+                let mut entry = BucketLengths {
+                    count: lens.len() as u8,
+                    lens: [0; 15],
+                };
+                if lens.len() > entry.lens.len() {
+                    entry.count = BucketLengths::USE_GLOBAL;
+                } else {
+                    entry.lens[..lens.len()].copy_from_slice(&lens);
+                }
+                (bucket, entry)
+            })
+            .collect();
         let mut lengths = LengthList {
             count: lens.len() as u32,
             lens: [0; 104],
@@ -224,17 +246,27 @@ impl CompiledFamily {
             buckets,
             long,
             lengths,
+            bucket_lengths,
         }
     }
 
     /// The classes of `addr` according to these tables: the same steps the
     /// kernel takes, so tests can check the compiler without a kernel.
     pub fn lookup(&self, addr: &[u8; 16]) -> u8 {
-        let nibble = nibble(&self.buckets, bucket_of(addr));
+        let bucket = bucket_of(addr);
+        let nibble = nibble(&self.buckets, bucket);
         if nibble & BUCKET_PARTIAL == 0 {
             return nibble & class::ANY;
         }
-        for &len in &self.lengths.lens[..self.lengths.count as usize] {
+        let Some((_, lengths)) = self.bucket_lengths.iter().find(|(b, _)| *b == bucket) else {
+            return nibble & class::ANY;
+        };
+        let lens = if lengths.count == BucketLengths::USE_GLOBAL {
+            &self.lengths.lens[..self.lengths.count as usize]
+        } else {
+            &lengths.lens[..usize::from(lengths.count)]
+        };
+        for &len in lens {
             let key = mask(addr, len);
             if let Some(&(_, _, classes)) =
                 self.long.iter().find(|(l, a, _)| *l == len && *a == key)

@@ -51,8 +51,9 @@ pub struct ReasonCount {
 /// Drops from one source to one port.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct DroppedSource {
-    /// Source address.
-    pub source: IpAddr,
+    /// Source address; `None` for the sum of sources that each sent a
+    /// single packet in their window (a spoofed-source flood).
+    pub source: Option<IpAddr>,
     /// IP protocol number.
     pub protocol: u8,
     /// Destination port (0 without one).
@@ -71,13 +72,14 @@ impl DroppedSource {
     /// A record from the kernel, or `None` for an empty slot.
     pub fn from_record(record: &DropRecord) -> Option<Self> {
         let source = match record.family {
-            family::V4 => IpAddr::V4(Ipv4Addr::new(
+            family::V4 => Some(IpAddr::V4(Ipv4Addr::new(
                 record.src[0],
                 record.src[1],
                 record.src[2],
                 record.src[3],
-            )),
-            family::V6 => IpAddr::V6(Ipv6Addr::from(record.src)),
+            ))),
+            family::V6 => Some(IpAddr::V6(Ipv6Addr::from(record.src))),
+            family::MANY => None,
             _ => return None,
         };
         let (reason, _) = Reason::from_index(u32::from(record.reason))?;
@@ -95,7 +97,7 @@ impl DroppedSource {
 
 /// (source, protocol, destination port, reason, monitor): what drops are
 /// summed by across CPUs.
-type FlowKey = (IpAddr, u8, u16, &'static str, bool);
+type FlowKey = (Option<IpAddr>, u8, u16, &'static str, bool);
 
 fn open(layout: &PinLayout, name: &'static str) -> Result<MapData, Error> {
     let path = layout.map(name);
@@ -279,7 +281,8 @@ impl Snapshot {
                 let _ = writeln!(
                     out,
                     "{:<40} {:>5} {:>6} {:<28} {:>10} {:>12}",
-                    d.source.to_string(),
+                    d.source
+                        .map_or_else(|| "(single-packet sources)".into(), |s| s.to_string()),
                     d.protocol,
                     d.dst_port,
                     d.reason,
