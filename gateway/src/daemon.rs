@@ -134,6 +134,7 @@ pub fn start_filter(config: &XdpConfig, sources: &RangeSources) -> Result<Filter
         let attached = filter.attach(interface, config.attach)?;
         info!(interface, ?attached, mode = ?config.mode, monitor = config.monitor, "XDP filter attached");
     }
+    xdp::remove_stale_maps(&layout)?;
     Ok(filter)
 }
 

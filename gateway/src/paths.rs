@@ -15,6 +15,9 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/gateway";
 /// Default configuration file.
 pub const DEFAULT_CONFIG: &str = "/etc/gateway/gateway.toml";
 
+/// Map directories are `maps-v<layout version>`.
+const MAPS_DIR_PREFIX: &str = "maps-v";
+
 /// The layout under a pin directory.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PinLayout {
@@ -32,9 +35,33 @@ impl PinLayout {
         &self.root
     }
 
-    /// Directory of the pinned maps, one file per map name.
+    /// Directory of the pinned maps of the current layout version, one file
+    /// per map name.
     pub fn maps(&self) -> PathBuf {
-        self.root.join("maps")
+        self.root.join(format!(
+            "{MAPS_DIR_PREFIX}{}",
+            gateway_common::MAPS_LAYOUT_VERSION
+        ))
+    }
+
+    /// Map directories of other layout versions (left by an earlier version
+    /// of the gateway).
+    pub fn stale_map_dirs(&self) -> Vec<PathBuf> {
+        let current = self.maps();
+        std::fs::read_dir(&self.root)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.path())
+                    .filter(|p| {
+                        *p != current
+                            && p.file_name()
+                                .and_then(|n| n.to_str())
+                                .is_some_and(|n| n.starts_with(MAPS_DIR_PREFIX))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// One pinned map.

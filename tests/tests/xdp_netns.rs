@@ -378,7 +378,19 @@ fn sigkill_leaves_the_filter_enforcing_and_a_restart_adopts_it() {
     let dropped = counter(&s.layout, "dropped_not_allowed");
     assert!(dropped > 0);
 
+    // Maps pinned by an older layout version, as an upgrade would leave them.
+    let old_maps = s.layout.root().join("maps-v0");
+    std::fs::create_dir_all(&old_maps).unwrap();
+    aya::maps::MapData::from_pin(s.layout.map(gateway_common::maps::SETTINGS))
+        .unwrap()
+        .pin(old_maps.join(gateway_common::maps::SETTINGS))
+        .unwrap();
+
     let mut restarted = Daemon::start(&t.origin, &config, &s.layout, &["eth0"]);
+    assert!(
+        !old_maps.exists(),
+        "maps of an older layout are removed once the program is swapped"
+    );
     assert!(
         restarted.log_text().contains("Adopted"),
         "{}",

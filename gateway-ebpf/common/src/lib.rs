@@ -52,21 +52,6 @@ pub mod maps {
     /// fragments of the same datagram follow them.
     pub const FRAGMENTS: &str = "GW_FRAGMENTS";
 
-    /// Every pinned map, for adoption and for `gateway xdp detach`.
-    pub const ALL: [&str; 11] = [
-        SETTINGS,
-        BUCKETS_V4,
-        BUCKETS_V6,
-        PREFIXES,
-        LENGTHS,
-        BUCKET_LENGTHS,
-        PORTS,
-        COUNTERS,
-        DROP_SLOTS,
-        DROP_EVENTS,
-        FRAGMENTS,
-    ];
-
     /// Prefixes longer than [`super::BUCKET_BITS`], over both families and both
     /// generations. The map is allocated on demand (`BPF_F_NO_PREALLOC`).
     pub const PREFIXES_MAX: u32 = 1 << 20;
@@ -82,6 +67,13 @@ pub mod maps {
     /// Fragmented datagrams tracked at once.
     pub const FRAGMENTS_MAX: u32 = 16384;
 }
+
+/// Version of the map layout (names, key and value types, sizes). Pinned
+/// maps live in a directory named after it, so an upgrade that changes a
+/// map starts from fresh maps (and swaps the program into the pinned link as
+/// usual) instead of failing to reuse incompatible ones. Bump it with any
+/// change to a map definition.
+pub const MAPS_LAYOUT_VERSION: u32 = 1;
 
 /// The name of the XDP program inside the object.
 pub const PROGRAM_NAME: &str = "gateway_xdp";

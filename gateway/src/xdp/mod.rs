@@ -264,10 +264,7 @@ impl Filter {
             .load()
             .map_err(|source| program_error("loading the XDP program", source))?;
         let program_pin = layout.program();
-        if program_pin.exists() {
-            std::fs::remove_file(&program_pin)
-                .map_err(|e| Error::io(format!("removing {}", program_pin.display()), e))?;
-        }
+        remove_file(&program_pin)?;
         program.pin(&program_pin).map_err(|e| Error::Io {
             action: format!("pinning the program at {}", program_pin.display()),
             source: io::Error::other(e),
@@ -652,6 +649,38 @@ fn is_bpffs(path: &Path) -> bool {
     }
 }
 
+fn remove_file(path: &Path) -> Result<(), Error> {
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("removing {}", path.display()), e)),
+    }
+}
+
+/// Removes a directory of pinned maps: every pin in it, then the directory.
+fn remove_map_dir(dir: &Path) -> Result<(), Error> {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            remove_file(&entry.path())?;
+        }
+    }
+    match std::fs::remove_dir(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(format!("removing {}", dir.display()), e)),
+    }
+}
+
+/// Removes map directories of other layout versions once every interface
+/// runs the current program: nothing references those maps any more.
+pub fn remove_stale_maps(layout: &PinLayout) -> Result<(), Error> {
+    for dir in layout.stale_map_dirs() {
+        info!(dir = %dir.display(), "removing maps of an older layout version");
+        remove_map_dir(&dir)?;
+    }
+    Ok(())
+}
+
 /// What [`detach`] removed.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Detached {
@@ -677,17 +706,11 @@ pub fn detach(layout: &PinLayout) -> Result<Detached, Error> {
         }
     }
     detached.interfaces.sort();
-    for path in [layout.program()]
-        .into_iter()
-        .chain(maps::ALL.iter().map(|name| layout.map(name)))
-    {
-        match std::fs::remove_file(&path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(format!("removing {}", path.display()), e)),
-        }
+    remove_file(&layout.program())?;
+    for dir in layout.stale_map_dirs().into_iter().chain([layout.maps()]) {
+        remove_map_dir(&dir)?;
     }
-    for dir in [layout.links(), layout.maps(), layout.root().to_owned()] {
+    for dir in [layout.links(), layout.root().to_owned()] {
         match std::fs::remove_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}

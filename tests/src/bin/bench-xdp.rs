@@ -429,6 +429,8 @@ fn xdp_filter_rows(rows: &mut Vec<Row>, notes: &mut Vec<String>, frames: &Frames
             .output();
         let _ = std::fs::remove_file(&pin);
         let _ = std::fs::remove_dir_all("/sys/fs/bpf/xdp-filter");
+        // libxdp's own directory, removed only if nothing else left pins there.
+        let _ = std::fs::remove_dir("/sys/fs/bpf/xdp");
     };
     cleanup();
     nsenter(&["xdp-filter", "load", "-p", "deny", "-f", "ipv4,ipv6", "xf0"]);
