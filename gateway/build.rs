@@ -1,9 +1,10 @@
-//! Builds the XDP program (`gateway-ebpf`, binary `gateway-xdp`) with nightly
-//! and bpf-linker through aya-build, into `OUT_DIR/gateway-xdp`, where
-//! `gateway::xdp` embeds it.
+//! Builds the XDP programs of `gateway-ebpf` with nightly and bpf-linker
+//! through aya-build, into `OUT_DIR`: `gateway-xdp`, which `gateway::xdp`
+//! embeds, and `gateway-xdp-bench`, embedded only with the `bench-programs`
+//! feature.
 //!
 //! Without the eBPF toolchain (no `bpf-linker` on PATH, or
-//! `AYA_BUILD_SKIP=1`) an empty object is written instead, so that
+//! `AYA_BUILD_SKIP=1`) empty objects are written instead, so that
 //! `cargo check`, clippy and the userspace tests work anywhere; such a binary
 //! refuses to attach with an error naming the missing toolchain.
 //! `cargo xtask setup` installs the toolchain.
@@ -12,7 +13,7 @@ use std::{env, fs, path::PathBuf};
 
 use anyhow::Context as _;
 
-const OBJECT: &str = "gateway-xdp";
+const OBJECTS: [&str; 2] = ["gateway-xdp", "gateway-xdp-bench"];
 
 fn main() -> anyhow::Result<()> {
     println!("cargo:rerun-if-env-changed=AYA_BUILD_SKIP");
@@ -26,7 +27,9 @@ fn main() -> anyhow::Result<()> {
             "bpf-linker is not on PATH (run `cargo xtask setup`)"
         };
         println!("cargo:warning=building without the XDP program: {why}");
-        fs::write(out_dir.join(OBJECT), [])?;
+        for object in OBJECTS {
+            fs::write(out_dir.join(object), [])?;
+        }
         return Ok(());
     }
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").context("no manifest dir")?);

@@ -60,6 +60,13 @@ use crate::{
 /// The XDP object, built from `gateway-ebpf` by `build.rs`.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway-xdp"));
 
+/// The benchmark's programs (`xdp_drop_floor`, `bench_random_v4`,
+/// `bench_random_v6`, `bench_tx`; see `gateway-ebpf/src/bench.rs`), built
+/// from the same sources with the same flags as [`OBJECT`].
+#[cfg(feature = "bench-programs")]
+pub static BENCH_OBJECT: &[u8] =
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway-xdp-bench"));
+
 /// Everything that can go wrong on the kernel side.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

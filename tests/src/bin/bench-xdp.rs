@@ -48,8 +48,7 @@ use ipnet::IpNet;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use serde_json::{Value, json};
 
-static BENCH_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/gateway-xdp-bench"));
+use gateway::xdp::BENCH_OBJECT;
 
 const REPEAT: u32 = 1_000_000;
 const TRIES: usize = 5;
