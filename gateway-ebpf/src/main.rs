@@ -116,8 +116,12 @@ const RB_NO_WAKEUP: u64 = 1;
 /// What the parser learned about a packet.
 struct Packet {
     family: u8,
-    src: [u8; 16],
-    dst: [u8; 16],
+    /// Source address as the raw bytes in four native-endian words (IPv4 in
+    /// the first): the same bytes as the `[u8; 16]` of the map keys, moved
+    /// four at a time.
+    src: [u32; 4],
+    /// Destination address, same encoding.
+    dst: [u32; 4],
     protocol: u8,
     /// Offset of the L4 header (valid when `later_fragment` is false).
     l4: usize,
@@ -176,26 +180,85 @@ fn count(index: u32, len: u64) {
     }
 }
 
-/// Reads a `T` at `offset`, or `Err` when the frame is too short.
+/// `N` bytes of the frame at `offset`, bounds-checked once, read by field.
 ///
 /// `data_end` is read with a volatile load so that LLVM cannot prove this
 /// check redundant from earlier length arithmetic and drop it: the verifier
 /// only accepts packet reads guarded by a comparison against `data_end`.
+///
+/// Multi-byte fields are read as aligned 16-bit words: every field the
+/// filter reads sits at an even offset from an even `data` (Ethernet, VLAN
+/// tags, IPv4 options and IPv6 extension headers all come in multiples of
+/// two bytes), and one 2-byte load beats the byte loads and shifts LLVM
+/// emits for unaligned reads on BPF.
+#[derive(Clone, Copy)]
+struct Span {
+    ptr: usize,
+}
+
 #[inline(always)]
-fn load<T: Copy>(ctx: &XdpContext, offset: usize) -> Result<T, ()> {
-    let start = ctx.data();
-    // SAFETY: reading a field of the live context.
-    let end = unsafe { core::ptr::read_volatile(&(*ctx.ctx).data_end) } as usize;
-    if start + offset + size_of::<T>() > end {
+fn span<const N: usize>(ctx: &XdpContext, offset: usize) -> Result<Span, ()> {
+    let (start, end) = bounds(ctx);
+    if start + offset + N > end {
         return Err(());
     }
-    // SAFETY: bounds checked against data_end just above.
-    Ok(unsafe { core::ptr::read_unaligned((start + offset) as *const T) })
+    Ok(Span {
+        ptr: start + offset,
+    })
+}
+
+/// Whether the frame holds at least `len` bytes.
+#[inline(always)]
+fn fits(ctx: &XdpContext, len: usize) -> bool {
+    let (start, end) = bounds(ctx);
+    start + len <= end
+}
+
+/// `data` and `data_end`, read with volatile loads so that LLVM cannot
+/// reuse one check to drop another (see [`Span`]).
+#[inline(always)]
+fn bounds(ctx: &XdpContext) -> (usize, usize) {
+    // SAFETY: reading fields of the live context.
+    unsafe {
+        (
+            core::ptr::read_volatile(&(*ctx.ctx).data) as usize,
+            core::ptr::read_volatile(&(*ctx.ctx).data_end) as usize,
+        )
+    }
+}
+
+impl Span {
+    #[inline(always)]
+    fn u8(self, i: usize) -> u8 {
+        // SAFETY: `i` is below the N bytes checked in `span`.
+        unsafe { *((self.ptr + i) as *const u8) }
+    }
+
+    /// The 16-bit word at even offset `i`, bytes in memory order.
+    #[inline(always)]
+    fn raw16(self, i: usize) -> u16 {
+        // SAFETY: within the checked bytes; 2-byte aligned (see `Span`).
+        unsafe { ((self.ptr + i) as *const u16).read() }
+    }
+
+    /// A big-endian (network order) 16-bit field.
+    #[inline(always)]
+    fn be16(self, i: usize) -> u16 {
+        u16::from_be(self.raw16(i))
+    }
+
+    /// Four bytes at even offset `i` as a native-endian word of the same bytes.
+    #[inline(always)]
+    fn raw32(self, i: usize) -> u32 {
+        u32::from_ne_bytes(
+            (u32::from(self.raw16(i)) | u32::from(self.raw16(i + 2)) << 16).to_le_bytes(),
+        )
+    }
 }
 
 #[inline(always)]
 fn load_be16(ctx: &XdpContext, offset: usize) -> Result<u16, ()> {
-    Ok(u16::from_be_bytes(load::<[u8; 2]>(ctx, offset)?))
+    Ok(span::<2>(ctx, offset)?.be16(0))
 }
 
 /// Parses L2/L3 (and checks that L4 is present). `Ok(None)` means not IP.
@@ -221,41 +284,37 @@ fn parse(ctx: &XdpContext) -> Result<Option<Packet>, ()> {
 
 #[inline(always)]
 fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Result<Packet, ()> {
-    let header: [u8; 20] = load(ctx, l3)?;
-    if header[0] >> 4 != 4 {
+    let header = span::<20>(ctx, l3)?;
+    let version_ihl = header.u8(0);
+    if version_ihl >> 4 != 4 {
         return Err(());
     }
-    let header_len = ((header[0] & 0x0f) as usize) * 4;
+    let header_len = ((version_ihl & 0x0f) as usize) * 4;
     if header_len < 20 {
         return Err(());
     }
-    let total_len = u16::from_be_bytes([header[2], header[3]]) as usize;
-    let frame_len = ctx.data_end() - ctx.data();
-    if total_len < header_len || l3 + total_len > frame_len {
+    let total_len = header.be16(2) as usize;
+    if total_len < header_len || !fits(ctx, l3 + total_len) {
         return Err(());
     }
-    let fragment = u16::from_be_bytes([header[6], header[7]]);
+    let fragment = header.be16(6);
     let offset = fragment & 0x1fff;
     let more_fragments = fragment & 0x2000 != 0;
-    let protocol = header[9];
+    let protocol = header.u8(9);
     // RFC 1858: a TCP fragment at offset 8 can only be an attempt to rewrite
     // the header of the first fragment.
     if offset == 1 && protocol == IPPROTO_TCP {
         return Err(());
     }
-    let mut src = [0u8; 16];
-    let mut dst = [0u8; 16];
-    src[..4].copy_from_slice(&header[12..16]);
-    dst[..4].copy_from_slice(&header[16..20]);
     let mut packet = Packet {
         family: family::V4,
-        src,
-        dst,
+        src: [header.raw32(12), 0, 0, 0],
+        dst: [header.raw32(16), 0, 0, 0],
         protocol,
         l4: l3 + header_len,
         later_fragment: offset != 0,
         first_fragment: offset == 0 && more_fragments,
-        fragment_id: u16::from_be_bytes([header[4], header[5]]) as u32,
+        fragment_id: header.be16(4) as u32,
         fragment_protocol: protocol,
         ports: None,
     };
@@ -265,25 +324,30 @@ fn parse_ipv4(ctx: &XdpContext, l3: usize) -> Result<Packet, ()> {
 
 #[inline(always)]
 fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Result<Packet, ()> {
-    let header: [u8; 40] = load(ctx, l3)?;
-    if header[0] >> 4 != 6 {
+    let header = span::<40>(ctx, l3)?;
+    if header.u8(0) >> 4 != 6 {
         return Err(());
     }
-    let payload_len = u16::from_be_bytes([header[4], header[5]]) as usize;
-    let frame_len = ctx.data_end() - ctx.data();
+    let payload_len = header.be16(4) as usize;
     let end = l3 + 40 + payload_len;
-    if end > frame_len {
+    if !fits(ctx, end) {
         return Err(());
     }
-    let mut src = [0u8; 16];
-    let mut dst = [0u8; 16];
-    src.copy_from_slice(&header[8..24]);
-    dst.copy_from_slice(&header[24..40]);
     let mut packet = Packet {
         family: family::V6,
-        src,
-        dst,
-        protocol: header[6],
+        src: [
+            header.raw32(8),
+            header.raw32(12),
+            header.raw32(16),
+            header.raw32(20),
+        ],
+        dst: [
+            header.raw32(24),
+            header.raw32(28),
+            header.raw32(32),
+            header.raw32(36),
+        ],
+        protocol: header.u8(6),
         l4: l3 + 40,
         later_fragment: false,
         first_fragment: false,
@@ -305,14 +369,14 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Result<Packet, ()> {
         ) {
             break;
         }
-        let ext: [u8; 8] = load(ctx, offset)?;
+        let ext = span::<8>(ctx, offset)?;
         let ext_len = match next {
-            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => (ext[1] as usize + 1) * 8,
-            IPPROTO_AH => (ext[1] as usize + 2) * 4,
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_DSTOPTS => (ext.u8(1) as usize + 1) * 8,
+            IPPROTO_AH => (ext.u8(1) as usize + 2) * 4,
             IPPROTO_FRAGMENT => {
-                let fragment = u16::from_be_bytes([ext[2], ext[3]]);
-                packet.fragment_id = u32::from_be_bytes([ext[4], ext[5], ext[6], ext[7]]);
-                packet.fragment_protocol = ext[0];
+                let fragment = ext.be16(2);
+                packet.fragment_id = u32::from(ext.be16(4)) << 16 | u32::from(ext.be16(6));
+                packet.fragment_protocol = ext.u8(0);
                 if fragment >> 3 != 0 {
                     packet.later_fragment = true;
                 } else {
@@ -323,7 +387,7 @@ fn parse_ipv6(ctx: &XdpContext, l3: usize) -> Result<Packet, ()> {
             }
             _ => break,
         };
-        packet.protocol = ext[0];
+        packet.protocol = ext.u8(0);
         packet.l4 = offset + ext_len;
         walked += 1;
         if packet.l4 > end {
@@ -360,11 +424,8 @@ fn read_ports(
     if packet.l4 + 8 > datagram_end || packet.l4 > 2048 {
         return Err(());
     }
-    let header: [u8; 8] = load(ctx, packet.l4)?;
-    Ok(Some((
-        u16::from_be_bytes([header[0], header[1]]),
-        u16::from_be_bytes([header[2], header[3]]),
-    )))
+    let header = span::<8>(ctx, packet.l4)?;
+    Ok(Some((header.be16(0), header.be16(2))))
 }
 
 #[inline(always)]
@@ -419,13 +480,20 @@ fn track_first_fragment(packet: &Packet, source: u8, reason: Reason) -> Reason {
 #[inline(always)]
 fn fragment_key(packet: &Packet) -> FragmentKey {
     FragmentKey {
-        src: packet.src,
-        dst: packet.dst,
+        src: address_bytes(&packet.src),
+        dst: address_bytes(&packet.dst),
         id: packet.fragment_id,
         family: packet.family,
         protocol: packet.fragment_protocol,
         pad: [0; 2],
     }
+}
+
+/// The `[u8; 16]` form of an address, as map keys and records hold it.
+#[inline(always)]
+fn address_bytes(words: &[u32; 4]) -> [u8; 16] {
+    // SAFETY: same size, both plain data; the words hold the bytes in order.
+    unsafe { core::mem::transmute::<[u32; 4], [u8; 16]>(*words) }
 }
 
 #[inline(always)]
@@ -440,8 +508,8 @@ fn port_classes(is_udp: bool, port: u16) -> u8 {
 /// hold longer prefixes, a hash lookup for the bucket's lengths and one per
 /// length present in it.
 #[inline(always)]
-fn source_class(generation: u32, family: u8, addr: &[u8; 16]) -> u8 {
-    let top = (addr[0] as u32) << 16 | (addr[1] as u32) << 8 | addr[2] as u32;
+fn source_class(generation: u32, family: u8, addr: &[u32; 4]) -> u8 {
+    let top = u32::from_be(addr[0]) >> 8;
     let index = generation * BUCKET_WORDS + top / BUCKETS_PER_WORD;
     let buckets = if family == family::V4 {
         &BUCKETS_V4
@@ -462,7 +530,7 @@ fn source_class(generation: u32, family: u8, addr: &[u8; 16]) -> u8 {
 #[repr(C)]
 struct LongPrefixSearch {
     key: PrefixKey,
-    addr: [u8; 16],
+    addr: [u32; 4],
     /// The bucket's own lengths, unless `global` says to use [`LENGTHS`].
     lens: [u8; 16],
     global: u32,
@@ -477,7 +545,7 @@ const FOUND: u32 = 1 << 31;
 /// first. The search runs under `bpf_loop` so the verifier checks its body
 /// once, not once per length for every parsing path that reaches it.
 #[inline(always)]
-fn long_prefix_class(generation: u32, family: u8, addr: &[u8; 16], bucket: u32) -> Option<u8> {
+fn long_prefix_class(generation: u32, family: u8, addr: &[u32; 4], bucket: u32) -> Option<u8> {
     let bucket_key = BucketKey {
         generation: generation as u8,
         family,
@@ -555,14 +623,10 @@ extern "C" fn long_prefix_step(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
 /// halves: a per-byte version branches 16 times, which multiplies the
 /// verifier's states.
 #[inline(always)]
-fn masked(addr: &[u8; 16], len: u8) -> [u8; 16] {
+fn masked(addr: &[u32; 4], len: u8) -> [u8; 16] {
     let len = u32::from(len);
-    let hi = u64::from_be_bytes([
-        addr[0], addr[1], addr[2], addr[3], addr[4], addr[5], addr[6], addr[7],
-    ]);
-    let lo = u64::from_be_bytes([
-        addr[8], addr[9], addr[10], addr[11], addr[12], addr[13], addr[14], addr[15],
-    ]);
+    let hi = u64::from(u32::from_be(addr[0])) << 32 | u64::from(u32::from_be(addr[1]));
+    let lo = u64::from(u32::from_be(addr[2])) << 32 | u64::from(u32::from_be(addr[3]));
     let hi_mask = if len >= 64 {
         u64::MAX
     } else if len == 0 {
@@ -577,10 +641,10 @@ fn masked(addr: &[u8; 16], len: u8) -> [u8; 16] {
     } else {
         u64::MAX << (128 - len)
     };
-    let mut out = [0u8; 16];
-    out[..8].copy_from_slice(&(hi & hi_mask).to_be_bytes());
-    out[8..].copy_from_slice(&(lo & lo_mask).to_be_bytes());
-    out
+    let hi = (hi & hi_mask).to_be();
+    let lo = (lo & lo_mask).to_be();
+    // SAFETY: two big-endian halves are the sixteen address bytes in order.
+    unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>([hi, lo]) }
 }
 
 /// ICMP a host cannot work without, and DHCP replies to its client.
@@ -610,7 +674,7 @@ fn icmp_type(ctx: &XdpContext, packet: &Packet) -> Option<u8> {
     if packet.l4 > 2048 {
         return None;
     }
-    load::<[u8; 4]>(ctx, packet.l4).ok().map(|header| header[0])
+    span::<4>(ctx, packet.l4).ok().map(|header| header.u8(0))
 }
 
 /// Strict mode's answer to "is this a reply on a connection this host
@@ -625,8 +689,8 @@ fn host_connection(ctx: &XdpContext, packet: &Packet) -> bool {
     let tcp = packet.protocol == IPPROTO_TCP;
     if packet.family == family::V4 {
         let mut tuple = SockTupleV4 {
-            saddr: [packet.src[0], packet.src[1], packet.src[2], packet.src[3]],
-            daddr: [packet.dst[0], packet.dst[1], packet.dst[2], packet.dst[3]],
+            saddr: packet.src[0],
+            daddr: packet.dst[0],
             sport,
             dport,
         };
@@ -671,8 +735,8 @@ fn socket_lookup<T>(ctx: &XdpContext, tuple: &mut T, tcp: bool) -> bool {
 /// `struct bpf_sock_tuple`, IPv4 arm (addresses and ports in network order).
 #[repr(C)]
 struct SockTupleV4 {
-    saddr: [u8; 4],
-    daddr: [u8; 4],
+    saddr: u32,
+    daddr: u32,
     sport: u16,
     dport: u16,
 }
@@ -680,8 +744,8 @@ struct SockTupleV4 {
 /// `struct bpf_sock_tuple`, IPv6 arm.
 #[repr(C)]
 struct SockTupleV6 {
-    saddr: [u8; 16],
-    daddr: [u8; 16],
+    saddr: [u32; 4],
+    daddr: [u32; 4],
     sport: u16,
     dport: u16,
 }
@@ -701,17 +765,18 @@ fn report_drop(packet: Option<&Packet>, reason: Reason, monitor: bool, len: u64)
     };
     let dst_port = packet.ports.map(|(_, port)| port).unwrap_or(0);
     let src = &packet.src;
-    let word = |i: usize| u32::from_ne_bytes([src[i], src[i + 1], src[i + 2], src[i + 3]]);
-    let mixed = (word(0) ^ word(4) ^ word(8) ^ word(12) ^ (u32::from(dst_port) << 16))
-        .wrapping_mul(0x9e37_79b1);
+    let mixed =
+        (src[0] ^ src[1] ^ src[2] ^ src[3] ^ (u32::from(dst_port) << 16)).wrapping_mul(0x9e37_79b1);
     let index = mixed >> (32 - maps::DROP_FLOW_SLOTS.trailing_zeros());
     let Some(slot) = DROP_SLOTS.get_ptr_mut(index) else {
         return;
     };
     // SAFETY: per-CPU slot, only this CPU touches it while XDP runs here.
     let slot = unsafe { &mut *slot };
+    // SAFETY: `src` is the first field of an 8-byte aligned record.
+    let slot_src = unsafe { &mut *(slot.src.as_mut_ptr() as *mut [u32; 4]) };
     if slot.family == packet.family
-        && slot.src == packet.src
+        && *slot_src == packet.src
         && slot.dst_port == dst_port
         && slot.protocol == packet.protocol
         && slot.reason == reason as u8
@@ -743,7 +808,7 @@ fn report_drop(packet: Option<&Packet>, reason: Reason, monitor: bool, len: u64)
         }
     }
     *slot = DropRecord {
-        src: packet.src,
+        src: address_bytes(&packet.src),
         family: packet.family,
         protocol: packet.protocol,
         dst_port,

@@ -511,10 +511,18 @@ fn flood(rows: &mut Vec<Row>, notes: &mut Vec<String>) {
     const PACKETS: u64 = 3_000_000;
     let variants = ["ours", "nftables", "none"];
     let mut rates = Vec::new();
+    // Best of three runs per variant: the receive CPU's time is shared with
+    // whatever else the machine does, which only ever slows a run down.
     for variant in variants {
-        let (rate, detail) = flood_one(variant, PACKETS);
-        notes.push(format!("flood, {variant}: {detail}"));
-        rates.push(rate);
+        let mut best = (0.0, String::new());
+        for _ in 0..3 {
+            let (rate, detail) = flood_one(variant, PACKETS);
+            if rate > best.0 {
+                best = (rate, detail);
+            }
+        }
+        notes.push(format!("flood, {variant} (best of 3): {}", best.1));
+        rates.push(best.0);
     }
     rows.push(Row {
         metric: "drop rate per CPU, veth flood".into(),
