@@ -115,20 +115,11 @@ fn open(layout: &PinLayout, name: &'static str) -> Result<MapData, Error> {
 /// over CPUs, leaving out zero rows.
 pub fn read_counters(layout: &PinLayout) -> Result<Vec<ReasonCount>, Error> {
     let counters: PerCpuArray<MapData, Counter> =
-        PerCpuArray::try_from(Map::PerCpuArray(open(layout, maps::COUNTERS)?)).map_err(
-            |source| Error::Map {
-                map: maps::COUNTERS,
-                action: "opening",
-                source,
-            },
-        )?;
+        PerCpuArray::try_from(Map::PerCpuArray(open(layout, maps::COUNTERS)?))
+            .map_err(Error::map(maps::COUNTERS, "opening"))?;
     let mut rows = Vec::new();
     for (index, values) in counters.iter().enumerate() {
-        let values = values.map_err(|source| Error::Map {
-            map: maps::COUNTERS,
-            action: "reading",
-            source,
-        })?;
+        let values = values.map_err(Error::map(maps::COUNTERS, "reading"))?;
         let Some((reason, monitor)) = Reason::from_index(index as u32) else {
             continue;
         };
@@ -150,36 +141,20 @@ pub fn read_counters(layout: &PinLayout) -> Result<Vec<ReasonCount>, Error> {
 /// Reads the counters and recent drops of the filter pinned at `layout`.
 pub fn read(layout: &PinLayout, top: usize) -> Result<Snapshot, Error> {
     let settings: Array<MapData, Settings> =
-        Array::try_from(Map::Array(open(layout, maps::SETTINGS)?)).map_err(|source| {
-            Error::Map {
-                map: maps::SETTINGS,
-                action: "opening",
-                source,
-            }
-        })?;
-    let settings = settings.get(&0, 0).map_err(|source| Error::Map {
-        map: maps::SETTINGS,
-        action: "reading",
-        source,
-    })?;
+        Array::try_from(Map::Array(open(layout, maps::SETTINGS)?))
+            .map_err(Error::map(maps::SETTINGS, "opening"))?;
+    let settings = settings
+        .get(&0, 0)
+        .map_err(Error::map(maps::SETTINGS, "reading"))?;
 
     let rows = read_counters(layout)?;
 
     let slots: PerCpuArray<MapData, DropRecord> =
-        PerCpuArray::try_from(Map::PerCpuArray(open(layout, maps::DROP_SLOTS)?)).map_err(
-            |source| Error::Map {
-                map: maps::DROP_SLOTS,
-                action: "opening",
-                source,
-            },
-        )?;
+        PerCpuArray::try_from(Map::PerCpuArray(open(layout, maps::DROP_SLOTS)?))
+            .map_err(Error::map(maps::DROP_SLOTS, "opening"))?;
     let mut by_source: HashMap<FlowKey, (u64, u64)> = HashMap::new();
     for values in slots.iter() {
-        let values = values.map_err(|source| Error::Map {
-            map: maps::DROP_SLOTS,
-            action: "reading",
-            source,
-        })?;
+        let values = values.map_err(Error::map(maps::DROP_SLOTS, "reading"))?;
         for record in values.iter() {
             if let Some(d) = DroppedSource::from_record(record) {
                 let entry = by_source
@@ -303,13 +278,8 @@ pub struct DropEvents {
 impl DropEvents {
     /// Opens the ring buffer pinned at `layout`.
     pub fn open(layout: &PinLayout) -> Result<Self, Error> {
-        let ring = RingBuf::try_from(Map::RingBuf(open(layout, maps::DROP_EVENTS)?)).map_err(
-            |source| Error::Map {
-                map: maps::DROP_EVENTS,
-                action: "opening",
-                source,
-            },
-        )?;
+        let ring = RingBuf::try_from(Map::RingBuf(open(layout, maps::DROP_EVENTS)?))
+            .map_err(Error::map(maps::DROP_EVENTS, "opening"))?;
         Ok(Self { ring })
     }
 

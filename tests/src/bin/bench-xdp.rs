@@ -275,15 +275,7 @@ fn micro(rows: &mut Vec<Row>, notes: &mut Vec<String>) {
         let set = prefix_set(size, &mut rng);
         let layout = unique_pin_dir(&format!("bench{size}"));
         let _guard = PinGuard(layout.clone());
-        let mut filter = Filter::load(&layout).expect("load filter");
-        filter
-            .configure(&FilterSettings {
-                mode: FilterMode::Ports,
-                monitor: false,
-                protected_ports: BTreeSet::from([443]),
-                management_ports: BTreeSet::new(),
-            })
-            .expect("configure");
+        let mut filter = load_filter(&layout);
         let applied = filter.apply_ranges(&set).expect("apply");
         let program = filter.program().expect("program");
         let m = Measured {
@@ -379,6 +371,20 @@ fn micro(rows: &mut Vec<Row>, notes: &mut Vec<String>) {
             .map(|(_, m)| m)
             .expect("10k"),
     );
+}
+
+/// Our filter in port mode, guarding 443, with no range set yet.
+fn load_filter(layout: &PinLayout) -> Filter {
+    let mut filter = Filter::load(layout).expect("load filter");
+    filter
+        .configure(&FilterSettings {
+            mode: FilterMode::Ports,
+            monitor: false,
+            protected_ports: BTreeSet::from([443]),
+            management_ports: BTreeSet::new(),
+        })
+        .expect("configure");
+    filter
 }
 
 #[derive(Debug)]
@@ -589,15 +595,7 @@ fn flood_one(variant: &str, packets: u64) -> (f64, String) {
     match variant {
         "ours" => {
             _filter = Some(sink.enter(|| {
-                let mut filter = Filter::load(&layout).expect("load");
-                filter
-                    .configure(&FilterSettings {
-                        mode: FilterMode::Ports,
-                        monitor: false,
-                        protected_ports: BTreeSet::from([443]),
-                        management_ports: BTreeSet::new(),
-                    })
-                    .expect("configure");
+                let mut filter = load_filter(&layout);
                 filter
                     .apply_ranges(&RangeSet::new(allow.clone(), vec![]))
                     .expect("apply");
