@@ -1,7 +1,7 @@
 //! `cargo xtask bench NAME`: builds the benchmark in release mode and runs
 //! it as root; it writes `bench-results/NAME.json` and prints its rows.
 
-use std::process::Command;
+use std::{path::Path, process::Command};
 
 use anyhow::bail;
 
