@@ -13,7 +13,10 @@ pub fn run(name: &str) -> anyhow::Result<()> {
         other => bail!("unknown benchmark `{other}`; known: xdp"),
     };
     require_root("the benchmark loads XDP programs and builds network namespaces")?;
-    exec(cargo().args([
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace");
+    exec(cargo().current_dir(root).args([
         "build",
         "--release",
         "--locked",
@@ -22,5 +25,9 @@ pub fn run(name: &str) -> anyhow::Result<()> {
         "--bin",
         bin,
     ]))?;
-    exec(Command::new(format!("target/release/{bin}")).arg("bench-results"))
+    exec(
+        Command::new(root.join("target/release").join(bin))
+            .current_dir(root)
+            .arg("bench-results"),
+    )
 }

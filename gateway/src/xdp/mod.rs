@@ -598,7 +598,8 @@ fn interface_index(name: &str) -> Result<u32, Error> {
 }
 
 /// Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; raising it is
-/// harmless on later ones (https://lwn.net/Articles/837122/).
+/// harmless on later ones, which charge the memory cgroup instead
+/// (https://lwn.net/Articles/837122/), so a refusal only matters there.
 fn raise_memlock_limit() {
     let limit = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,
@@ -606,7 +607,9 @@ fn raise_memlock_limit() {
     };
     // SAFETY: plain syscall with a valid struct.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) } != 0 {
-        warn!("could not raise RLIMIT_MEMLOCK; map creation may fail on old kernels");
+        tracing::debug!(
+            "could not raise RLIMIT_MEMLOCK; only kernels before 5.11 need it for BPF maps"
+        );
     }
 }
 
