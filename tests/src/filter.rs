@@ -67,6 +67,9 @@ impl TestFilter {
     pub fn new(label: &str, settings: &FilterSettings, set: &RangeSet) -> Self {
         crate::require_root();
         let layout = unique_pin_dir(label);
+        // Until `Self` exists (and its Drop takes over), a panic below must
+        // still remove the pins.
+        let guard = PinGuard(layout.clone());
         let mut filter = Filter::load(&layout).unwrap_or_else(|e| {
             panic!(
                 "loading the XDP program failed: {}",
@@ -75,6 +78,7 @@ impl TestFilter {
         });
         filter.configure(settings).expect("configure");
         filter.apply_ranges(set).expect("apply ranges");
+        std::mem::forget(guard);
         Self { filter, layout }
     }
 
