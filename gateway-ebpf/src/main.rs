@@ -576,16 +576,37 @@ fn long_prefix_class(generation: u32, family: u8, addr: &[u32; 4], bucket: u32) 
         lengths_index,
         result: 0,
     };
-    // SAFETY: the callback only touches `search` through the pointer it is given.
-    unsafe {
-        bpf_loop(
-            count,
-            long_prefix_step as *mut core::ffi::c_void,
-            &mut search as *mut LongPrefixSearch as *mut core::ffi::c_void,
-            0,
-        )
-    };
+    if count == 1 && global == 0 {
+        // The usual case (one relay range per /24): no loop to set up.
+        try_length(&mut search, lens[0]);
+    } else {
+        // SAFETY: the callback only touches `search` through the pointer it
+        // is given.
+        unsafe {
+            bpf_loop(
+                count,
+                long_prefix_step as *mut core::ffi::c_void,
+                &mut search as *mut LongPrefixSearch as *mut core::ffi::c_void,
+                0,
+            )
+        };
+    }
     (search.result & FOUND != 0).then_some(search.result as u8)
+}
+
+/// Looks `addr` up at one prefix length; records the classes on a hit.
+#[inline(always)]
+fn try_length(search: &mut LongPrefixSearch, len: u8) -> bool {
+    search.key.len = len;
+    search.key.addr = masked(&search.addr, len);
+    // SAFETY: the value is a plain u32 copied out immediately.
+    match unsafe { PREFIXES.get(search.key) } {
+        Some(classes) => {
+            search.result = FOUND | (*classes & 0xff);
+            true
+        }
+        None => false,
+    }
 }
 
 /// One `bpf_loop` iteration: look up the `i`-th longest length. Returns 1
@@ -607,16 +628,7 @@ extern "C" fn long_prefix_step(i: u64, ctx: *mut core::ffi::c_void) -> i64 {
             None => return 1,
         }
     };
-    search.key.len = len;
-    search.key.addr = masked(&search.addr, len);
-    // SAFETY: the value is a plain u32 copied out immediately.
-    match unsafe { PREFIXES.get(search.key) } {
-        Some(classes) => {
-            search.result = FOUND | (*classes & 0xff);
-            1
-        }
-        None => 0,
-    }
+    i64::from(try_length(search, len))
 }
 
 /// `addr` with everything past `len` bits cleared, computed on two 64-bit
