@@ -6,6 +6,7 @@
 //! - [`paths`]: every filesystem location (bpffs pins, config).
 //! - [`xdp`]: the XDP filter's userspace side: load, pin, attach, range
 //!   sets, counters.
+//! - [`policy`]: access policies, a pure model with table-driven tests.
 //! - [`daemon`]: `gateway run`, the long-running process.
 //! - [`cli`]: the command line; `main.rs` only calls [`cli::main`].
 
@@ -13,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod paths;
+pub mod policy;
 pub mod xdp;
 
 /// An error with its causes joined by ": ", for one log line or one message.
