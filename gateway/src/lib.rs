@@ -7,6 +7,7 @@
 //! - [`xdp`]: the XDP filter's userspace side: load, pin, attach, range
 //!   sets, counters.
 //! - [`policy`]: access policies, a pure model with table-driven tests.
+//! - [`tokens`]: the service-token store (hashes only, constant-time checks).
 //! - [`daemon`]: `gateway run`, the long-running process.
 //! - [`cli`]: the command line; `main.rs` only calls [`cli::main`].
 
@@ -15,6 +16,7 @@ pub mod config;
 pub mod daemon;
 pub mod paths;
 pub mod policy;
+pub mod tokens;
 pub mod xdp;
 
 /// An error with its causes joined by ": ", for one log line or one message.
