@@ -9,7 +9,7 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::{Args, Parser, Subcommand};
 use tracing::error;
 
-use crate::{config::Config, daemon, error_chain, paths, xdp};
+use crate::{config::Config, daemon, error_chain, paths, tokens::TokenStore, xdp};
 
 /// Origin gateway: XDP relay-range lock-down, identity checks, audit log.
 #[derive(Debug, Parser)]
@@ -35,6 +35,42 @@ enum Command {
     /// Manage the XDP filter directly.
     #[command(subcommand)]
     Xdp(XdpCommand),
+    /// Manage service tokens (`CF-Access-Client-Id` / `-Secret`).
+    Token {
+        /// The token store.
+        #[arg(long, global = true, default_value = paths::DEFAULT_TOKEN_STORE)]
+        store: PathBuf,
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Create a token; its secret is printed once, here.
+    Create {
+        /// A unique name (letters, digits, '-', '_', '.').
+        #[arg(long)]
+        name: String,
+        /// Lifetime, e.g. `8760h` or `30days`.
+        #[arg(long, default_value = "8760h", value_parser = humantime::parse_duration)]
+        duration: std::time::Duration,
+    },
+    /// List tokens (never their secrets).
+    List,
+    /// Issue a new secret; the old one keeps working for the grace period.
+    Rotate {
+        /// Name or client id.
+        token: String,
+        /// How long the old secret stays valid, e.g. `1h`; `0s` ends it now.
+        #[arg(long, default_value = "1h", value_parser = humantime::parse_duration)]
+        grace: std::time::Duration,
+    },
+    /// Revoke a token.
+    Revoke {
+        /// Name or client id.
+        token: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -155,6 +191,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
+        Command::Token { store, command } => token(&store, command),
         Command::Xdp(XdpCommand::Stats { pins, json, top }) => {
             let layout = pin_layout(&pins)?;
             let snapshot = xdp::stats::read(&layout, top).map_err(|e| runtime(&e))?;
@@ -169,6 +206,67 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
     }
+}
+
+fn token(path: &std::path::Path, command: TokenCommand) -> Result<(), Failure> {
+    let mut store = TokenStore::open(path).map_err(|e| runtime(&e))?;
+    let now = unix_now();
+    let issued = match command {
+        TokenCommand::List => {
+            println!(
+                "{:<24} {:<40} {:<8} {:>10} {:>10}",
+                "name", "client id", "state", "expires", "last used"
+            );
+            for t in store.tokens() {
+                let state = if t.revoked_at.is_some() {
+                    "revoked"
+                } else if now >= t.expires_at {
+                    "expired"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{:<24} {:<40} {:<8} {:>10} {:>10}",
+                    t.name,
+                    t.client_id,
+                    state,
+                    date(t.expires_at),
+                    t.last_used_at.map_or_else(|| "never".into(), date)
+                );
+            }
+            return Ok(());
+        }
+        TokenCommand::Create { name, duration } => store.create(&name, duration, now),
+        TokenCommand::Rotate { token, grace } => store.rotate(&token, grace, now),
+        TokenCommand::Revoke { token } => {
+            store.revoke(&token, now).map_err(|e| usage(&e))?;
+            store.save().map_err(|e| runtime(&e))?;
+            println!("revoked {token}");
+            return Ok(());
+        }
+    }
+    .map_err(|e| usage(&e))?;
+    store.save().map_err(|e| runtime(&e))?;
+    println!("CF-Access-Client-Id: {}", issued.client_id);
+    println!("CF-Access-Client-Secret: {}", issued.client_secret);
+    println!("expires: {}", date(issued.expires_at));
+    eprintln!("the secret is shown only now; the store keeps its hash");
+    Ok(())
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `YYYY-MM-DD` of a Unix time (UTC).
+fn date(unix: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix))
+        .to_string()
+        .chars()
+        .take(10)
+        .collect()
 }
 
 fn pin_layout(args: &PinDirArgs) -> Result<paths::PinLayout, Failure> {

@@ -12,6 +12,9 @@ pub const BPFFS: &str = "/sys/fs/bpf";
 /// Default root of the gateway's pinned objects.
 pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/gateway";
 
+/// Default service-token store.
+pub const DEFAULT_TOKEN_STORE: &str = "/var/lib/gateway/tokens.json";
+
 /// Default configuration file.
 pub const DEFAULT_CONFIG: &str = "/etc/gateway/gateway.toml";
 
