@@ -1,0 +1,546 @@
+//! Relay-signed JWTs (Cloudflare Access compatible): the key set from a
+//! certs document, and the validation of a token against it.
+//!
+//! Rules, each one a known way tokens get forged:
+//! - the key is chosen by `kid` only from keys we fetched ourselves; `jku`,
+//!   `x5u`, `jwk` and `x5c` headers are refused, never followed;
+//! - every key has one algorithm, pinned when the key set is loaded (from the
+//!   JWK's `alg`, or its type: RSA → RS256, P-256 → ES256, Ed25519 → EdDSA);
+//!   a token whose header names another algorithm is refused, so `none`,
+//!   HMAC-with-the-public-key and RSA/EC confusion cannot happen; symmetric
+//!   (`oct`) keys are never loaded;
+//! - `iss` must equal the team issuer exactly, `aud` must contain the app's
+//!   AUD tag, `exp`, `nbf` and `iat` must be present and numeric, with an
+//!   explicit small leeway; `type` must be the expected token type.
+//!
+//! The certs document is Cloudflare's `/cdn-cgi/access/certs` shape: `keys`
+//! holds JWKs (used here); `public_cert` / `public_certs` hold the same keys
+//! as PEM certificates and are not needed.
+
+use std::collections::{BTreeMap, HashMap};
+
+use jsonwebtoken::{
+    Algorithm, DecodingKey, Validation,
+    jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm},
+};
+use serde::Deserialize;
+
+/// Why a key set or a token was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum JwtError {
+    /// The certs document is not JSON of the expected shape.
+    #[error("certs document is not a JWK set")]
+    CertsFormat(#[source] serde_json::Error),
+    /// The certs document holds no usable key.
+    #[error("certs document holds no usable signing key")]
+    NoKeys,
+    /// The token is not a JWT.
+    #[error("malformed token")]
+    Malformed(#[source] jsonwebtoken::errors::Error),
+    /// A header that would make us fetch or trust a key from the token.
+    #[error("token header carries `{0}`, which is never trusted")]
+    ForbiddenHeader(&'static str),
+    /// No `kid` in the header.
+    #[error("token header has no kid")]
+    NoKid,
+    /// The `kid` is not in the key set (a refresh may find it).
+    #[error("unknown key id `{0}`")]
+    UnknownKid(String),
+    /// The header's algorithm is not the key's.
+    #[error("token algorithm {token:?} does not match the key's {key:?}")]
+    AlgorithmMismatch {
+        /// In the token header.
+        token: Algorithm,
+        /// Pinned for the key.
+        key: Algorithm,
+    },
+    /// Signature, expiry, not-before, issuer, audience or claim types.
+    #[error("token rejected")]
+    Invalid(#[source] jsonwebtoken::errors::Error),
+    /// The `type` claim is not the expected one.
+    #[error("token type `{found}`, expected `{expected}`")]
+    WrongType {
+        /// Found.
+        found: String,
+        /// Expected.
+        expected: String,
+    },
+}
+
+/// Keys by id, each with its pinned algorithm.
+#[derive(Clone)]
+pub struct KeySet {
+    keys: HashMap<String, (Algorithm, DecodingKey)>,
+}
+
+impl std::fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut ids: Vec<_> = self.keys.iter().map(|(k, (a, _))| (k, a)).collect();
+        ids.sort_by(|a, b| a.0.cmp(b.0));
+        f.debug_struct("KeySet").field("keys", &ids).finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct Certs {
+    keys: Vec<serde_json::Value>,
+}
+
+impl KeySet {
+    /// Loads the JWKs of a certs document. Keys that cannot be used safely
+    /// (symmetric, no `kid`, unsupported type or algorithm) are skipped; a
+    /// document with no usable key is an error.
+    pub fn from_certs_json(text: &str) -> Result<Self, JwtError> {
+        let certs: Certs = serde_json::from_str(text).map_err(JwtError::CertsFormat)?;
+        let mut keys = HashMap::new();
+        for value in certs.keys {
+            let Ok(jwk) = serde_json::from_value::<Jwk>(value) else {
+                continue;
+            };
+            let Some(kid) = jwk.common.key_id.clone() else {
+                continue;
+            };
+            let Some(algorithm) = pinned_algorithm(&jwk) else {
+                continue;
+            };
+            if let Ok(key) = DecodingKey::from_jwk(&jwk) {
+                keys.insert(kid, (algorithm, key));
+            }
+        }
+        if keys.is_empty() {
+            return Err(JwtError::NoKeys);
+        }
+        Ok(Self { keys })
+    }
+
+    /// The key ids, sorted.
+    pub fn ids(&self) -> Vec<&str> {
+        let mut ids: Vec<&str> = self.keys.keys().map(String::as_str).collect();
+        ids.sort_unstable();
+        ids
+    }
+}
+
+/// The one algorithm a key may verify.
+fn pinned_algorithm(jwk: &Jwk) -> Option<Algorithm> {
+    let by_type = match &jwk.algorithm {
+        AlgorithmParameters::RSA(_) => Algorithm::RS256,
+        AlgorithmParameters::EllipticCurve(ec) if ec.curve == EllipticCurve::P256 => {
+            Algorithm::ES256
+        }
+        AlgorithmParameters::OctetKeyPair(okp) if okp.curve == EllipticCurve::Ed25519 => {
+            Algorithm::EdDSA
+        }
+        _ => return None,
+    };
+    match jwk.common.key_algorithm {
+        None => Some(by_type),
+        Some(KeyAlgorithm::RS256) if by_type == Algorithm::RS256 => Some(Algorithm::RS256),
+        Some(KeyAlgorithm::ES256) if by_type == Algorithm::ES256 => Some(Algorithm::ES256),
+        Some(KeyAlgorithm::EdDSA) if by_type == Algorithm::EdDSA => Some(Algorithm::EdDSA),
+        Some(_) => None,
+    }
+}
+
+/// What a valid token must say.
+#[derive(Clone, Debug)]
+pub struct Expectations {
+    /// Exact `iss` (e.g. `https://team.cloudflareaccess.com`).
+    pub issuer: String,
+    /// The app's AUD tag, which `aud` must contain.
+    pub audience: String,
+    /// The `type` claim (`app` for Cloudflare application tokens).
+    pub token_type: String,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`, in seconds.
+    pub leeway_secs: u64,
+}
+
+/// The claims policies and audit records use.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+pub struct Claims {
+    /// Issuer.
+    pub iss: String,
+    /// Subject (empty for service-token sessions).
+    #[serde(default)]
+    pub sub: String,
+    /// Email, when the identity provider verified one.
+    pub email: Option<String>,
+    /// Expiry.
+    pub exp: u64,
+    /// Issued at.
+    pub iat: u64,
+    /// Not before.
+    pub nbf: u64,
+    /// `app` or `org`.
+    #[serde(rename = "type")]
+    pub token_type: Option<String>,
+    /// Where the user authenticated (ISO country code).
+    pub country: Option<String>,
+    /// Service-token sessions: the client id.
+    pub common_name: Option<String>,
+    /// Every other claim, for claim selectors.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+/// Validates `token` against `keys` and `expect`.
+pub fn verify(token: &str, keys: &KeySet, expect: &Expectations) -> Result<Claims, JwtError> {
+    let header = jsonwebtoken::decode_header(token).map_err(JwtError::Malformed)?;
+    if header.jku.is_some() {
+        return Err(JwtError::ForbiddenHeader("jku"));
+    }
+    if header.x5u.is_some() {
+        return Err(JwtError::ForbiddenHeader("x5u"));
+    }
+    if header.jwk.is_some() {
+        return Err(JwtError::ForbiddenHeader("jwk"));
+    }
+    if header.x5c.is_some() {
+        return Err(JwtError::ForbiddenHeader("x5c"));
+    }
+    let kid = header.kid.ok_or(JwtError::NoKid)?;
+    let (algorithm, key) = keys
+        .keys
+        .get(&kid)
+        .ok_or_else(|| JwtError::UnknownKid(kid.clone()))?;
+    if header.alg != *algorithm {
+        return Err(JwtError::AlgorithmMismatch {
+            token: header.alg,
+            key: *algorithm,
+        });
+    }
+    let mut validation = Validation::new(*algorithm);
+    validation.set_issuer(&[&expect.issuer]);
+    validation.set_audience(&[&expect.audience]);
+    validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud"]);
+    validation.validate_nbf = true;
+    validation.leeway = expect.leeway_secs;
+    let data =
+        jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(JwtError::Invalid)?;
+    let claims = data.claims;
+    // `iat` in the future (beyond the leeway) is a forged or broken token.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    if claims.iat > now + expect.leeway_secs {
+        return Err(JwtError::Invalid(
+            jsonwebtoken::errors::ErrorKind::ImmatureSignature.into(),
+        ));
+    }
+    let found = claims.token_type.clone().unwrap_or_default();
+    if found != expect.token_type {
+        return Err(JwtError::WrongType {
+            found,
+            expected: expect.token_type.clone(),
+        });
+    }
+    Ok(claims)
+}
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine as _;
+    use jsonwebtoken::{EncodingKey, Header, encode};
+    use serde_json::json;
+
+    use super::*;
+
+    const ISS: &str = "https://team.cloudflareaccess.example";
+    const AUD: &str = "aud-tag-1";
+
+    fn b64(bytes: &[u8]) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    struct Signer {
+        kid: &'static str,
+        alg: Algorithm,
+        key: EncodingKey,
+        jwk: serde_json::Value,
+    }
+
+    fn rsa() -> Signer {
+        // A throwaway 2048-bit key made for these tests (PKCS#1 DER) and its
+        // modulus, base64url.
+        let der = include_bytes!("../testdata/rsa-test-key.der");
+        let n = include_str!("../testdata/rsa-test-key.n").trim();
+        Signer {
+            kid: "rsa-1",
+            alg: Algorithm::RS256,
+            key: EncodingKey::from_rsa_der(der),
+            jwk: json!({"kid": "rsa-1", "kty": "RSA", "alg": "RS256", "use": "sig", "n": n, "e": "AQAB"}),
+        }
+    }
+
+    fn ec() -> Signer {
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let public = pair.public_key_raw();
+        Signer {
+            kid: "ec-1",
+            alg: Algorithm::ES256,
+            key: EncodingKey::from_ec_der(&pair.serialize_der()),
+            jwk: json!({"kid": "ec-1", "kty": "EC", "crv": "P-256", "x": b64(&public[1..33]), "y": b64(&public[33..65])}),
+        }
+    }
+
+    fn ed() -> Signer {
+        let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        Signer {
+            kid: "ed-1",
+            alg: Algorithm::EdDSA,
+            key: EncodingKey::from_ed_der(&pair.serialize_der()),
+            jwk: json!({"kid": "ed-1", "kty": "OKP", "crv": "Ed25519", "x": b64(pair.public_key_raw())}),
+        }
+    }
+
+    fn claims() -> serde_json::Value {
+        let now = now();
+        json!({"iss": ISS, "aud": [AUD], "sub": "u-1", "email": "alice@corp.example",
+               "iat": now, "nbf": now, "exp": now + 300, "type": "app", "country": "PT",
+               "groups": ["engineering"]})
+    }
+
+    fn sign(signer: &Signer, claims: &serde_json::Value) -> String {
+        let mut header = Header::new(signer.alg);
+        header.kid = Some(signer.kid.into());
+        encode(&header, claims, &signer.key).unwrap()
+    }
+
+    fn expect() -> Expectations {
+        Expectations {
+            issuer: ISS.into(),
+            audience: AUD.into(),
+            token_type: "app".into(),
+            leeway_secs: 30,
+        }
+    }
+
+    fn key_set(signers: &[&Signer]) -> KeySet {
+        let keys: Vec<_> = signers.iter().map(|s| s.jwk.clone()).collect();
+        KeySet::from_certs_json(&json!({"keys": keys, "public_cert": {"kid": "x", "cert": "-----BEGIN CERTIFICATE-----"}}).to_string()).unwrap()
+    }
+
+    #[test]
+    fn valid_tokens_of_each_algorithm_verify() {
+        let (r, e, d) = (rsa(), ec(), ed());
+        let keys = key_set(&[&r, &e, &d]);
+        assert_eq!(keys.ids(), vec!["ec-1", "ed-1", "rsa-1"]);
+        for signer in [&r, &e, &d] {
+            let c = verify(&sign(signer, &claims()), &keys, &expect()).unwrap();
+            assert_eq!(c.email.as_deref(), Some("alice@corp.example"));
+            assert_eq!(c.other.get("groups"), Some(&json!(["engineering"])));
+        }
+    }
+
+    #[test]
+    fn forged_and_invalid_tokens_are_refused() {
+        let (r, e) = (rsa(), ec());
+        let keys = key_set(&[&r, &e]);
+        let good = sign(&r, &claims());
+        let with = |f: &dyn Fn(&mut serde_json::Value)| {
+            let mut c = claims();
+            f(&mut c);
+            sign(&r, &c)
+        };
+        let now = now();
+        let cases: Vec<(&str, String, &str)> = vec![
+            (
+                "wrong issuer",
+                with(&|c| c["iss"] = json!("https://evil.example")),
+                "rejected",
+            ),
+            (
+                "issuer prefix",
+                with(&|c| c["iss"] = json!(format!("{ISS}.evil"))),
+                "rejected",
+            ),
+            (
+                "other audience",
+                with(&|c| c["aud"] = json!(["aud-tag-2"])),
+                "rejected",
+            ),
+            (
+                "expired",
+                with(&|c| c["exp"] = json!(now - 120)),
+                "rejected",
+            ),
+            (
+                "not yet valid",
+                with(&|c| c["nbf"] = json!(now + 120)),
+                "rejected",
+            ),
+            (
+                "issued in the future",
+                with(&|c| c["iat"] = json!(now + 600)),
+                "rejected",
+            ),
+            (
+                "no exp",
+                with(&|c| {
+                    c.as_object_mut().unwrap().remove("exp");
+                }),
+                "rejected",
+            ),
+            (
+                "no nbf",
+                with(&|c| {
+                    c.as_object_mut().unwrap().remove("nbf");
+                }),
+                "rejected",
+            ),
+            (
+                "no iat",
+                with(&|c| {
+                    c.as_object_mut().unwrap().remove("iat");
+                }),
+                "rejected",
+            ),
+            (
+                "exp as a string",
+                with(&|c| c["exp"] = json!((now + 300).to_string())),
+                "rejected",
+            ),
+            ("org token", with(&|c| c["type"] = json!("org")), "type"),
+            (
+                "tampered payload",
+                {
+                    let mut parts: Vec<String> = good.split('.').map(String::from).collect();
+                    let mut c = claims();
+                    c["email"] = json!("mallory@corp.example");
+                    parts[1] = b64(c.to_string().as_bytes());
+                    parts.join(".")
+                },
+                "rejected",
+            ),
+            (
+                "alg none",
+                {
+                    let header = b64(json!({"alg": "none", "kid": "rsa-1"})
+                        .to_string()
+                        .as_bytes());
+                    format!("{header}.{}.", b64(claims().to_string().as_bytes()))
+                },
+                "malformed",
+            ),
+            (
+                "HS256 with the public key",
+                {
+                    let header = Header {
+                        kid: Some("rsa-1".into()),
+                        ..Header::new(Algorithm::HS256)
+                    };
+                    encode(
+                        &header,
+                        &claims(),
+                        &EncodingKey::from_secret(r.jwk["n"].as_str().unwrap().as_bytes()),
+                    )
+                    .unwrap()
+                },
+                "does not match",
+            ),
+            (
+                "RS256 header on the EC key",
+                {
+                    let header = Header {
+                        kid: Some("ec-1".into()),
+                        ..Header::new(Algorithm::RS256)
+                    };
+                    encode(&header, &claims(), &r.key).unwrap()
+                },
+                "does not match",
+            ),
+            (
+                "unknown kid",
+                {
+                    let header = Header {
+                        kid: Some("rsa-9".into()),
+                        ..Header::new(Algorithm::RS256)
+                    };
+                    encode(&header, &claims(), &r.key).unwrap()
+                },
+                "unknown key id",
+            ),
+            (
+                "no kid",
+                encode(&Header::new(Algorithm::RS256), &claims(), &r.key).unwrap(),
+                "no kid",
+            ),
+            (
+                "jku header",
+                {
+                    let header = Header {
+                        kid: Some("rsa-1".into()),
+                        jku: Some("https://evil.example/jwks".into()),
+                        ..Header::new(Algorithm::RS256)
+                    };
+                    encode(&header, &claims(), &r.key).unwrap()
+                },
+                "jku",
+            ),
+            (
+                "x5u header",
+                {
+                    let header = Header {
+                        kid: Some("rsa-1".into()),
+                        x5u: Some("https://evil.example/cert".into()),
+                        ..Header::new(Algorithm::RS256)
+                    };
+                    encode(&header, &claims(), &r.key).unwrap()
+                },
+                "x5u",
+            ),
+            ("garbage", "not.a.jwt".into(), "malformed"),
+        ];
+        for (name, token, needle) in cases {
+            let error = verify(&token, &keys, &expect()).unwrap_err();
+            let message = crate::error_chain(&error);
+            assert!(message.contains(needle), "{name}: {message}");
+        }
+        assert!(
+            verify(&good, &keys, &expect()).is_ok(),
+            "the untouched token still verifies"
+        );
+    }
+
+    #[test]
+    fn leeway_is_explicit() {
+        let r = rsa();
+        let keys = key_set(&[&r]);
+        let mut c = claims();
+        c["exp"] = json!(now() - 10);
+        let token = sign(&r, &c);
+        assert!(
+            verify(&token, &keys, &expect()).is_ok(),
+            "10 s late is inside 30 s of leeway"
+        );
+        let strict = Expectations {
+            leeway_secs: 0,
+            ..expect()
+        };
+        assert!(verify(&token, &keys, &strict).is_err());
+    }
+
+    #[test]
+    fn unusable_keys_are_skipped_and_an_empty_set_is_an_error() {
+        let only_bad = json!({"keys": [
+            {"kid": "h", "kty": "oct", "k": "c2VjcmV0"},
+            {"kty": "RSA", "n": "AQAB", "e": "AQAB"},
+            {"kid": "mismatch", "kty": "RSA", "alg": "ES256", "n": "AQAB", "e": "AQAB"}
+        ]});
+        assert!(matches!(
+            KeySet::from_certs_json(&only_bad.to_string()),
+            Err(JwtError::NoKeys)
+        ));
+        assert!(matches!(
+            KeySet::from_certs_json("<html>"),
+            Err(JwtError::CertsFormat(_))
+        ));
+    }
+}
