@@ -6,6 +6,7 @@
 //! - [`paths`]: every filesystem location (bpffs pins, config).
 //! - [`xdp`]: the XDP filter's userspace side: load, pin, attach, range
 //!   sets, counters.
+//! - [`fetch`]: bounded HTTPS GETs over rustls.
 //! - [`jwt`]: relay-signed tokens: key sets from certs documents, validation.
 //! - [`policy`]: access policies, a pure model with table-driven tests.
 //! - [`tokens`]: the service-token store (hashes only, constant-time checks).
@@ -15,6 +16,7 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod fetch;
 pub mod jwt;
 pub mod paths;
 pub mod policy;

@@ -19,11 +19,9 @@
 //! # Layout
 //! - [`ranges`]: range sets and their compilation into tables (pure).
 //! - [`sources`]: inline, file and URL sources and their trust rules.
-//! - `fetch`: HTTPS fetching of range lists.
 //! - `mmap`: shared mappings of the mmapable arrays.
 //! - [`stats`]: counters and drop records, read from the pins.
 
-mod fetch;
 mod mmap;
 pub mod ranges;
 pub mod sources;

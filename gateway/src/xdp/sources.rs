@@ -140,7 +140,12 @@ pub async fn load(source: &Source, allow_any: bool) -> Result<Vec<IpNet>, Source
             parse_list(&path.display().to_string(), &text, allow_any)
         }
         Source::Url { url, ca_file, .. } => {
-            let text = super::fetch::fetch(url, ca_file.as_deref()).await?;
+            let text = crate::fetch::fetch(url, ca_file.as_deref())
+                .await
+                .map_err(|message| SourceError::Fetch {
+                    url: url.clone(),
+                    message,
+                })?;
             parse_list(url, &text, allow_any)
         }
     }

@@ -1,11 +1,10 @@
-//! HTTPS fetches of range lists, over rustls with the Mozilla root store
-//! (plus an optional CA file), bounded in time and size.
+//! HTTPS GETs of small documents (range lists, certs documents), over rustls
+//! with the Mozilla root store plus an optional CA file, bounded in time and
+//! size. Errors are one line with their causes, for logs and reports.
 
 use std::{path::Path, time::Duration};
 
 use rustls::pki_types::{CertificateDer, pem::PemObject as _};
-
-use super::sources::SourceError;
 
 /// A fetch that takes longer than this fails; the last good list stays.
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -13,32 +12,24 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_BODY: usize = 16 << 20;
 
 /// GETs `url` and returns the body as text.
-pub async fn fetch(url: &str, ca_file: Option<&Path>) -> Result<String, SourceError> {
-    let error = |message: String| SourceError::Fetch {
-        url: url.to_owned(),
-        message,
-    };
-    let client = client(ca_file).map_err(error)?;
+pub async fn fetch(url: &str, ca_file: Option<&Path>) -> Result<String, String> {
+    let client = client(ca_file)?;
     let mut response = client
         .get(url)
         .send()
         .await
-        .map_err(|e| error(crate::error_chain(&e)))?;
+        .map_err(|e| crate::error_chain(&e))?;
     if !response.status().is_success() {
-        return Err(error(format!("HTTP status {}", response.status())));
+        return Err(format!("HTTP status {}", response.status()));
     }
     let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| error(crate::error_chain(&e)))?
-    {
+    while let Some(chunk) = response.chunk().await.map_err(|e| crate::error_chain(&e))? {
         body.extend_from_slice(&chunk);
         if body.len() > MAX_BODY {
-            return Err(error(format!("body larger than {MAX_BODY} bytes")));
+            return Err(format!("body larger than {MAX_BODY} bytes"));
         }
     }
-    String::from_utf8(body).map_err(|_| error("body is not UTF-8".into()))
+    String::from_utf8(body).map_err(|_| "body is not UTF-8".into())
 }
 
 fn client(ca_file: Option<&Path>) -> Result<reqwest::Client, String> {
