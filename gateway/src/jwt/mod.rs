@@ -15,7 +15,9 @@
 //!
 //! The certs document is Cloudflare's `/cdn-cgi/access/certs` shape: `keys`
 //! holds JWKs (used here); `public_cert` / `public_certs` hold the same keys
-//! as PEM certificates and are not needed.
+//! as PEM certificates and are not needed. [`certs`] fetches and refreshes it.
+
+pub mod certs;
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -269,8 +271,8 @@ mod tests {
     fn rsa() -> Signer {
         // A throwaway 2048-bit key made for these tests (PKCS#1 DER) and its
         // modulus, base64url.
-        let der = include_bytes!("../testdata/rsa-test-key.der");
-        let n = include_str!("../testdata/rsa-test-key.n").trim();
+        let der = include_bytes!("../../testdata/rsa-test-key.der");
+        let n = include_str!("../../testdata/rsa-test-key.n").trim();
         Signer {
             kid: "rsa-1",
             alg: Algorithm::RS256,
