@@ -6,6 +6,7 @@
 //! - [`paths`]: every filesystem location (bpffs pins, config).
 //! - [`xdp`]: the XDP filter's userspace side: load, pin, attach, range
 //!   sets, counters.
+//! - [`credentials`]: where a request's token and service token are, strictly.
 //! - [`fetch`]: bounded HTTPS GETs over rustls.
 //! - [`jwt`]: relay-signed tokens: key sets from certs documents, validation.
 //! - [`policy`]: access policies, a pure model with table-driven tests.
@@ -15,6 +16,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod credentials;
 pub mod daemon;
 pub mod fetch;
 pub mod jwt;
