@@ -210,7 +210,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
 
 fn token(path: &std::path::Path, command: TokenCommand) -> Result<(), Failure> {
     let mut store = TokenStore::open(path).map_err(|e| runtime(&e))?;
-    let now = unix_now();
+    let now = crate::unix_now();
     let issued = match command {
         TokenCommand::List => {
             println!(
@@ -252,12 +252,6 @@ fn token(path: &std::path::Path, command: TokenCommand) -> Result<(), Failure> {
     println!("expires: {}", date(issued.expires_at));
     eprintln!("the secret is shown only now; the store keeps its hash");
     Ok(())
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 /// `YYYY-MM-DD` of a Unix time (UTC).

@@ -36,3 +36,11 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     }
     message
 }
+
+/// Seconds since the Unix epoch (0 if the clock is before it), the unit of
+/// token lifetimes and JWT claims.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -2,7 +2,7 @@
 //! before any key, last good keys on a bad refresh, at most one fetch per
 //! cooldown under a flood of unknown key ids, and key rotation picked up.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use base64::Engine as _;
 use gateway::jwt::{
@@ -37,10 +37,7 @@ fn certs(keys: &[&Key]) -> String {
 }
 
 fn token(key: &Key, kid: &str) -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let now = gateway::unix_now();
     let header = Header {
         kid: Some(kid.into()),
         ..Header::new(Algorithm::ES256)

@@ -3,7 +3,10 @@
 
 use std::process::{Command, Output};
 
-use gateway::tokens::{Refusal, TokenStore};
+use gateway::{
+    tokens::{Refusal, TokenStore},
+    unix_now as now,
+};
 use gateway_tests::daemon::gateway_bin;
 
 fn token(store: &std::path::Path, args: &[&str]) -> Output {
@@ -35,13 +38,6 @@ fn credentials(out: &Output) -> (String, String) {
         field("CF-Access-Client-Id:"),
         field("CF-Access-Client-Secret:"),
     )
-}
-
-fn now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 #[test]

@@ -223,10 +223,7 @@ pub fn verify(token: &str, keys: &KeySet, expect: &Expectations) -> Result<Claim
         jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(JwtError::Invalid)?;
     let claims = data.claims;
     // `iat` in the future (beyond the leeway) is a forged or broken token.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    if claims.iat > now + expect.leeway_secs {
+    if claims.iat > crate::unix_now() + expect.leeway_secs {
         return Err(JwtError::Invalid(
             jsonwebtoken::errors::ErrorKind::ImmatureSignature.into(),
         ));
@@ -248,19 +245,13 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::unix_now as now;
 
     const ISS: &str = "https://team.cloudflareaccess.example";
     const AUD: &str = "aud-tag-1";
 
     fn b64(bytes: &[u8]) -> String {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    }
-
-    fn now() -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
     }
 
     struct Signer {

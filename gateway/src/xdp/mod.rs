@@ -421,8 +421,7 @@ impl Filter {
                 Ok(()) => return Ok(Attached::Adopted),
                 Err(e) => {
                     warn!(interface, error = %crate::error_chain(&e), "pinned XDP link is stale, attaching anew");
-                    std::fs::remove_file(&link_pin)
-                        .map_err(|e| Error::io(format!("removing {}", link_pin.display()), e))?;
+                    remove_file(&link_pin)?;
                 }
             }
         }
@@ -657,11 +656,22 @@ fn is_bpffs(path: &Path) -> bool {
     }
 }
 
+/// Removes a pin; one already gone is fine.
 fn remove_file(path: &Path) -> Result<(), Error> {
-    match std::fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io(format!("removing {}", path.display()), e)),
+    ignore_missing(path, std::fs::remove_file(path))
+}
+
+/// Removes an empty directory; one already gone is fine.
+fn remove_dir(path: &Path) -> Result<(), Error> {
+    ignore_missing(path, std::fs::remove_dir(path))
+}
+
+fn ignore_missing(path: &Path, result: io::Result<()>) -> Result<(), Error> {
+    match result {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            Err(Error::io(format!("removing {}", path.display()), e))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -672,11 +682,7 @@ fn remove_map_dir(dir: &Path) -> Result<(), Error> {
             remove_file(&entry.path())?;
         }
     }
-    match std::fs::remove_dir(dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io(format!("removing {}", dir.display()), e)),
-    }
+    remove_dir(dir)
 }
 
 /// Removes map directories of other layout versions once every interface
@@ -705,9 +711,7 @@ pub fn detach(layout: &PinLayout) -> Result<Detached, Error> {
     let mut detached = Detached::default();
     if let Ok(entries) = std::fs::read_dir(layout.links()) {
         for entry in entries.flatten() {
-            let path = entry.path();
-            std::fs::remove_file(&path)
-                .map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
+            remove_file(&entry.path())?;
             detached
                 .interfaces
                 .push(entry.file_name().to_string_lossy().into_owned());
@@ -718,12 +722,7 @@ pub fn detach(layout: &PinLayout) -> Result<Detached, Error> {
     for dir in layout.stale_map_dirs().into_iter().chain([layout.maps()]) {
         remove_map_dir(&dir)?;
     }
-    for dir in [layout.links(), layout.root().to_owned()] {
-        match std::fs::remove_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(Error::io(format!("removing {}", dir.display()), e)),
-        }
-    }
+    remove_dir(&layout.links())?;
+    remove_dir(layout.root())?;
     Ok(detached)
 }
