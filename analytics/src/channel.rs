@@ -1,0 +1,183 @@
+//! The hand-off from the request path to the audit writer.
+//!
+//! Sending never waits. When the channel is full the sender applies its
+//! [`Overflow`] policy: count the event as lost (the count is reported as an
+//! event of its own once there is room again) or refuse, so that the caller
+//! can refuse the request it was about to let through.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicU64, Ordering},
+};
+
+use tokio::sync::mpsc;
+
+use crate::event::Event;
+
+/// What to do with an event the channel has no room for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overflow {
+    /// Refuse: the caller must not carry out an unrecorded decision.
+    #[default]
+    FailClosed,
+    /// Drop the event and count it.
+    CountAndDrop,
+}
+
+/// The event was not accepted and the caller must refuse its request.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("the audit log is not keeping up; decision refused")]
+pub struct Refused;
+
+/// The request path's end of the channel. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AuditSender {
+    tx: mpsc::Sender<Event>,
+    lost: Arc<AtomicU64>,
+}
+
+/// The writer's end of the channel.
+#[derive(Debug)]
+pub struct AuditReceiver {
+    rx: mpsc::Receiver<Event>,
+    lost: Arc<AtomicU64>,
+}
+
+/// A channel holding at most `capacity` events.
+pub fn channel(capacity: usize) -> (AuditSender, AuditReceiver) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let lost = Arc::new(AtomicU64::new(0));
+    (
+        AuditSender {
+            tx,
+            lost: lost.clone(),
+        },
+        AuditReceiver { rx, lost },
+    )
+}
+
+impl AuditSender {
+    /// Hands `event` over without waiting. With [`Overflow::FailClosed`] a
+    /// full (or closed) channel is an error; with [`Overflow::CountAndDrop`]
+    /// the event is counted as lost.
+    pub fn send(&self, event: Event, overflow: Overflow) -> Result<(), Refused> {
+        self.reserve(overflow).map(|slot| slot.send(event))
+    }
+
+    /// Takes room for one event now, to be filled once the outcome is known
+    /// (a request's status comes after the decision to forward it). With
+    /// [`Overflow::FailClosed`] a full channel refuses, so the caller can
+    /// refuse the request before carrying out an unrecorded decision.
+    pub fn reserve(&self, overflow: Overflow) -> Result<Slot, Refused> {
+        match self.tx.clone().try_reserve_owned() {
+            Ok(permit) => Ok(Slot {
+                permit: Some(permit),
+                lost: self.lost.clone(),
+            }),
+            Err(_) if overflow == Overflow::CountAndDrop => Ok(Slot {
+                permit: None,
+                lost: self.lost.clone(),
+            }),
+            Err(_) => Err(Refused),
+        }
+    }
+
+    /// Events dropped so far and not yet reported.
+    pub fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
+    }
+}
+
+/// Room for one event. Dropped unfilled (a handler that failed half-way),
+/// the event counts as lost rather than vanishing.
+#[derive(Debug)]
+pub struct Slot {
+    permit: Option<mpsc::OwnedPermit<Event>>,
+    lost: Arc<AtomicU64>,
+}
+
+impl Slot {
+    /// Fills the slot.
+    pub fn send(mut self, event: Event) {
+        match self.permit.take() {
+            Some(permit) => {
+                permit.send(event);
+            }
+            None => {
+                self.lost.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if self.permit.take().is_some() {
+            self.lost.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+impl AuditReceiver {
+    /// The next event; `None` once every sender is gone and the channel is
+    /// drained. Events lost to overflow are reported as one `audit_overflow`
+    /// event carrying their count in `packets`, as soon as they are noticed.
+    pub async fn recv(&mut self) -> Option<Event> {
+        if let Some(event) = self.take_lost() {
+            return Some(event);
+        }
+        let event = self.rx.recv().await;
+        // A loss counted while waiting is reported at the next call.
+        event.or_else(|| self.take_lost())
+    }
+
+    fn take_lost(&mut self) -> Option<Event> {
+        let lost = self.lost.swap(0, Ordering::Relaxed);
+        (lost > 0).then(|| Event {
+            time_us: Event::now_us(),
+            reason: "audit_overflow".into(),
+            packets: Some(lost),
+            ..Event::default()
+        })
+    }
+
+    /// Events waiting.
+    pub fn backlog(&self) -> usize {
+        self.rx.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(reason: &str) -> Event {
+        Event {
+            reason: reason.into(),
+            ..Event::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn fail_closed_refuses_when_full_and_count_and_drop_reports_the_loss() {
+        let (tx, mut rx) = channel(2);
+        tx.send(event("a"), Overflow::FailClosed).unwrap();
+        tx.send(event("b"), Overflow::FailClosed).unwrap();
+        assert!(tx.reserve(Overflow::FailClosed).is_err());
+        assert_eq!(tx.send(event("c"), Overflow::FailClosed), Err(Refused));
+        tx.send(event("d"), Overflow::CountAndDrop).unwrap();
+        tx.send(event("e"), Overflow::CountAndDrop).unwrap();
+        assert_eq!(tx.lost(), 2);
+        let first = rx.recv().await.unwrap();
+        assert_eq!(first.reason, "audit_overflow");
+        assert_eq!(first.packets, Some(2));
+        assert_eq!(rx.recv().await.unwrap().reason, "a");
+        assert_eq!(rx.recv().await.unwrap().reason, "b");
+        // A slot dropped unfilled is a lost event, not a silent one.
+        drop(tx.reserve(Overflow::FailClosed).unwrap());
+        assert_eq!(rx.recv().await.unwrap().packets, Some(1));
+        drop(tx);
+        assert_eq!(rx.recv().await, None);
+    }
+}
