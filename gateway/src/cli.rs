@@ -154,6 +154,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Xdp(XdpCommand::Attach { config: path }) => {
             let config = Config::load(&path).map_err(|e| usage(&e))?;
+            let listen_ports = daemon::listen_ports(&config);
             let xdp_config = config
                 .xdp
                 .ok_or_else(|| Failure::Usage(format!("{}: no [xdp] section", path.display())))?;
@@ -165,7 +166,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 )
                 .await
                 .map_err(|e| runtime(&e))?;
-                daemon::start_filter(&xdp_config, &sources).map_err(|e| runtime(&e))?;
+                daemon::start_filter(&xdp_config, &sources, &listen_ports)
+                    .map_err(|e| runtime(&e))?;
                 println!(
                     "XDP filter attached to {} and pinned under {}",
                     xdp_config.interfaces.join(", "),

@@ -1,11 +1,18 @@
 //! `gateway run`: the long-running daemon.
 //!
-//! Start-up order matters for safety: every range source is read and the
-//! tables are written *before* the program is attached, so the first packet
-//! the filter sees is judged against the complete set. Afterwards the daemon
-//! refreshes sources on their intervals, reloads the config on SIGHUP,
-//! summarises drop records, and on SIGINT/SIGTERM exits leaving the filter
-//! pinned and enforcing (`gateway xdp detach` takes it down).
+//! Start-up order matters for safety:
+//! 1. the configuration is validated (before this module runs);
+//! 2. the audit writer starts, so no decision is made without it;
+//! 3. the HTTP listeners are bound and certificates, tokens and keys loaded;
+//! 4. every range source is read and the tables are written *before* the
+//!    XDP program is attached, so the first packet the filter sees is judged
+//!    against the complete set.
+//!
+//! Afterwards the daemon refreshes sources on their intervals, reloads the
+//! config on SIGHUP, turns drop records into audit events and a summary log
+//! line, and on SIGINT/SIGTERM drains HTTP connections, flushes the audit
+//! log and exits leaving the XDP filter pinned and enforcing (`gateway xdp
+//! detach` takes it down).
 
 use std::{
     collections::HashMap,
@@ -14,9 +21,10 @@ use std::{
     time::Duration,
 };
 
+use analytics::{AuditSender, Event, Layer, Overflow};
 use tokio::{
     signal::unix::{SignalKind, signal},
-    time::{Instant, MissedTickBehavior},
+    time::{Instant, Interval, MissedTickBehavior},
 };
 use tracing::{info, warn};
 
@@ -24,6 +32,7 @@ use crate::{
     config::{Config, ConfigError, XdpConfig},
     error_chain,
     paths::PinLayout,
+    proxy::{self, Server},
     xdp::{self, Filter, FilterSettings, sources::RangeSources, stats::DropEvents},
 };
 
@@ -33,12 +42,21 @@ pub enum DaemonError {
     /// The XDP side failed.
     #[error(transparent)]
     Xdp(#[from] xdp::Error),
+    /// The HTTP side failed to start.
+    #[error(transparent)]
+    Proxy(#[from] proxy::ProxyError),
     /// A range source could not be read at start-up.
     #[error("cannot read the initial range lists")]
     Sources(#[source] xdp::sources::SourceError),
-    /// Nothing to do.
-    #[error("the config has no [xdp] section: nothing to run yet")]
-    NothingToRun,
+    /// The audit file could not be opened.
+    #[error("cannot open the audit file {path}")]
+    Audit {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers")]
     Signals(#[source] std::io::Error),
@@ -51,83 +69,225 @@ const DROP_SUMMARY: Duration = Duration::from_secs(60);
 
 /// Runs until SIGINT or SIGTERM. `config_path` is re-read on SIGHUP.
 pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError> {
-    let mut xdp_config = config.xdp.ok_or(DaemonError::NothingToRun)?;
-    let mut sources = RangeSources::load(
-        &xdp_config.relay,
-        &xdp_config.management,
-        xdp_config.allow_any,
-    )
-    .await
-    .map_err(DaemonError::Sources)?;
-    let mut filter = start_filter(&xdp_config, &sources)?;
-    let layout = PinLayout::new(&xdp_config.pin_dir);
-    let mut drops = DropEvents::open(&layout)?;
-    let mut drop_window: HashMap<(Option<IpAddr>, u16), u64> = HashMap::new();
+    let listen_ports = listen_ports(&config);
+    let audit_config = config.http.as_ref().map(|h| h.audit.clone());
+    let queue = audit_config.as_ref().map_or(65_536, |a| a.queue);
+    let (audit, receiver) = analytics::channel(queue);
+    let jsonl = audit_config.and_then(|a| a.jsonl);
+    let writer =
+        match &jsonl {
+            Some(path) => Some(analytics::jsonl::JsonLines::open(path).map_err(|source| {
+                DaemonError::Audit {
+                    path: path.clone(),
+                    source,
+                }
+            })?),
+            None => None,
+        };
+    let audit_task = tokio::spawn(analytics::jsonl::drain(receiver, writer));
+
+    let server = match config.http {
+        Some(http) => Some(Server::start(http, audit.clone()).await?),
+        None => None,
+    };
+    if let Some(server) = &server {
+        for address in server.local_addrs() {
+            info!(%address, "listening");
+        }
+    }
+    let mut xdp = match config.xdp {
+        Some(xdp_config) => Some(XdpService::start(xdp_config, listen_ports, audit.clone()).await?),
+        None => None,
+    };
+    drop(audit);
 
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
-    let mut drop_poll = tokio::time::interval(DROP_POLL);
-    drop_poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    let mut summary = tokio::time::interval_at(Instant::now() + DROP_SUMMARY, DROP_SUMMARY);
     info!("gateway running; the XDP filter stays pinned when the daemon stops");
     loop {
-        let refresh_at = sources
-            .next_refresh()
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86400));
         tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             _ = sighup.recv() => {
-                match reload(&config_path, &mut filter, &mut xdp_config).await {
-                    Ok(new_sources) => sources = new_sources,
-                    Err(e) => warn!(error = %error_chain(&*e), "reload failed; keeping the running configuration"),
+                if let Err(e) = reload(&config_path, server.as_ref(), xdp.as_mut()).await {
+                    warn!(error = %error_chain(&*e), "reload failed; keeping the running configuration");
                 }
             }
-            _ = tokio::time::sleep_until(refresh_at) => {
-                let outcome = sources.refresh(false).await;
-                for (source, error) in &outcome.failures {
-                    warn!(%source, error = %error_chain(error), "range update refused; keeping the last good list");
+            _ = async {
+                match xdp.as_mut() {
+                    Some(xdp) => xdp.step().await,
+                    None => std::future::pending().await,
                 }
-                if outcome.changed {
-                    match filter.apply_ranges(&sources.set()) {
-                        Ok(applied) => info!(?applied, "range update applied"),
-                        Err(e) => warn!(error = %error_chain(&e), "range update could not be written; the previous set stays in force"),
-                    }
-                }
-            }
-            _ = drop_poll.tick() => {
-                for record in drops.drain() {
-                    *drop_window.entry((record.source, record.dst_port)).or_default() += record.packets;
-                }
-            }
-            _ = summary.tick() => {
-                if !drop_window.is_empty() {
-                    let mut top: Vec<_> = drop_window.drain().collect();
-                    top.sort_by_key(|&(_, packets)| std::cmp::Reverse(packets));
-                    let total: u64 = top.iter().map(|(_, n)| n).sum();
-                    let shown: Vec<String> = top
-                        .iter()
-                        .take(5)
-                        .map(|((ip, port), n)| match ip {
-                            Some(ip) => format!("{ip}->{port}: {n}"),
-                            None => format!("single-packet sources: {n}"),
-                        })
-                        .collect();
-                    info!(total, sources = top.len(), top = %shown.join(", "), "XDP drops in the last minute");
+            } => {}
+        }
+    }
+    info!("stopping");
+    if let Some(server) = server {
+        server.shutdown().await;
+    }
+    if xdp.take().is_some() {
+        info!("the XDP filter stays attached and enforcing");
+    }
+    // Every sender is gone: the writer drains what is queued and returns.
+    if let Err(e) = audit_task.await.unwrap_or(Ok(())) {
+        warn!(error = %e, "audit file write failed at shutdown");
+    }
+    Ok(())
+}
+
+/// The XDP side of the running daemon.
+struct XdpService {
+    config: XdpConfig,
+    listen_ports: Vec<u16>,
+    filter: Filter,
+    sources: RangeSources,
+    drops: DropEvents,
+    drop_window: HashMap<(Option<IpAddr>, u16), u64>,
+    drop_poll: Interval,
+    summary: Interval,
+    audit: AuditSender,
+}
+
+impl XdpService {
+    async fn start(
+        config: XdpConfig,
+        listen_ports: Vec<u16>,
+        audit: AuditSender,
+    ) -> Result<Self, DaemonError> {
+        let sources = RangeSources::load(&config.relay, &config.management, config.allow_any)
+            .await
+            .map_err(DaemonError::Sources)?;
+        let filter = start_filter(&config, &sources, &listen_ports)?;
+        let drops = DropEvents::open(&PinLayout::new(&config.pin_dir))?;
+        let mut drop_poll = tokio::time::interval(DROP_POLL);
+        drop_poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        Ok(Self {
+            config,
+            listen_ports,
+            filter,
+            sources,
+            drops,
+            drop_window: HashMap::new(),
+            drop_poll,
+            summary: tokio::time::interval_at(Instant::now() + DROP_SUMMARY, DROP_SUMMARY),
+            audit,
+        })
+    }
+
+    /// Waits for the next timer and does its work.
+    async fn step(&mut self) {
+        let refresh_at = self
+            .sources
+            .next_refresh()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(86400));
+        tokio::select! {
+            _ = tokio::time::sleep_until(refresh_at) => self.refresh().await,
+            _ = self.drop_poll.tick() => self.drain_drops(),
+            _ = self.summary.tick() => self.log_summary(),
+        }
+    }
+
+    async fn refresh(&mut self) {
+        let outcome = self.sources.refresh(false).await;
+        for (source, error) in &outcome.failures {
+            warn!(%source, error = %error_chain(error), "range update refused; keeping the last good list");
+        }
+        if outcome.changed {
+            match self.filter.apply_ranges(&self.sources.set()) {
+                Ok(applied) => info!(?applied, "range update applied"),
+                Err(e) => {
+                    warn!(error = %error_chain(&e), "range update could not be written; the previous set stays in force")
                 }
             }
         }
     }
-    info!("stopping; the XDP filter stays attached and enforcing");
-    Ok(())
+
+    /// Drop records become audit events (counted, never blocking) and feed
+    /// the summary.
+    fn drain_drops(&mut self) {
+        for record in self.drops.drain() {
+            *self
+                .drop_window
+                .entry((record.source, record.dst_port))
+                .or_default() += record.packets;
+            let event = Event {
+                time_us: Event::now_us(),
+                layer: Some(Layer::Xdp),
+                decision: Some(analytics::Decision::Deny),
+                reason: record.reason.to_owned(),
+                client_ip: record.source,
+                protocol: Some(protocol_name(record.protocol)),
+                dst_port: Some(record.dst_port),
+                packets: Some(record.packets),
+                bytes: Some(record.bytes),
+                ..Event::default()
+            };
+            let _ = self.audit.send(event, Overflow::CountAndDrop);
+        }
+    }
+
+    fn log_summary(&mut self) {
+        if self.drop_window.is_empty() {
+            return;
+        }
+        let mut top: Vec<_> = self.drop_window.drain().collect();
+        top.sort_by_key(|&(_, packets)| std::cmp::Reverse(packets));
+        let total: u64 = top.iter().map(|(_, n)| n).sum();
+        let shown: Vec<String> = top
+            .iter()
+            .take(5)
+            .map(|((ip, port), n)| match ip {
+                Some(ip) => format!("{ip}->{port}: {n}"),
+                None => format!("single-packet sources: {n}"),
+            })
+            .collect();
+        info!(total, sources = top.len(), top = %shown.join(", "), "XDP drops in the last minute");
+    }
+}
+
+fn protocol_name(protocol: u8) -> String {
+    match protocol {
+        1 => "icmp".into(),
+        6 => "tcp".into(),
+        17 => "udp".into(),
+        58 => "icmpv6".into(),
+        other => other.to_string(),
+    }
+}
+
+/// The ports of the HTTP listeners, which the XDP filter protects as well
+/// (unless they are management ports).
+pub fn listen_ports(config: &Config) -> Vec<u16> {
+    let Some(http) = &config.http else {
+        return Vec::new();
+    };
+    let management = config
+        .xdp
+        .as_ref()
+        .map(|x| x.management_ports.clone())
+        .unwrap_or_default();
+    http.https
+        .iter()
+        .map(|l| l.listen.port())
+        .chain(http.plain.iter().map(|a| a.port()))
+        .filter(|port| !management.contains(port))
+        .collect()
 }
 
 /// Loads the program, writes the tables, then attaches to every interface.
-pub fn start_filter(config: &XdpConfig, sources: &RangeSources) -> Result<Filter, xdp::Error> {
+/// `listen_ports` are protected in addition to the configured ports.
+pub fn start_filter(
+    config: &XdpConfig,
+    sources: &RangeSources,
+    listen_ports: &[u16],
+) -> Result<Filter, xdp::Error> {
     let layout = PinLayout::new(&config.pin_dir);
     let mut filter = Filter::load(&layout)?;
-    filter.configure(&FilterSettings::from_config(config, []))?;
+    filter.configure(&FilterSettings::from_config(
+        config,
+        listen_ports.iter().copied(),
+    ))?;
     let applied = filter.apply_ranges(&sources.set())?;
     info!(?applied, "range set written");
     for interface in &config.interfaces {
@@ -140,29 +300,59 @@ pub fn start_filter(config: &XdpConfig, sources: &RangeSources) -> Result<Filter
 
 async fn reload(
     path: &Path,
-    filter: &mut Filter,
-    current: &mut XdpConfig,
-) -> Result<RangeSources, Box<dyn std::error::Error + Send + Sync>> {
+    server: Option<&Server>,
+    xdp: Option<&mut XdpService>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let config = Config::load(path)?;
-    let next = config.xdp.ok_or_else(|| ConfigError::Invalid {
-        key: "xdp".into(),
-        message: "the running daemon cannot drop its [xdp] section; use `gateway xdp detach`"
-            .into(),
-    })?;
-    if next.pin_dir != current.pin_dir {
-        return Err(ConfigError::Invalid {
-            key: "xdp.pin_dir".into(),
-            message: "cannot change while running".into(),
+    let refuse = |key: &str, message: &str| ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    };
+    match (server, &config.http) {
+        (Some(_), None) => {
+            return Err(refuse("http", "the running daemon cannot drop its [http] section").into());
         }
+        (None, Some(_)) => {
+            return Err(refuse(
+                "http",
+                "an [http] section added while running needs a restart",
+            )
+            .into());
+        }
+        _ => {}
+    }
+    if let Some(xdp) = xdp {
+        let next = config.xdp.clone().ok_or_else(|| {
+            refuse(
+                "xdp",
+                "the running daemon cannot drop its [xdp] section; use `gateway xdp detach`",
+            )
+        })?;
+        if next.pin_dir != xdp.config.pin_dir {
+            return Err(refuse("xdp.pin_dir", "cannot change while running").into());
+        }
+        let sources = RangeSources::load(&next.relay, &next.management, next.allow_any).await?;
+        xdp.listen_ports = listen_ports(&config);
+        xdp.filter.configure(&FilterSettings::from_config(
+            &next,
+            xdp.listen_ports.iter().copied(),
+        ))?;
+        xdp.filter.apply_ranges(&sources.set())?;
+        for interface in &next.interfaces {
+            xdp.filter.attach(interface, next.attach)?;
+        }
+        xdp.config = next;
+        xdp.sources = sources;
+    } else if config.xdp.is_some() {
+        return Err(refuse(
+            "xdp",
+            "an [xdp] section added while running needs a restart",
+        )
         .into());
     }
-    let sources = RangeSources::load(&next.relay, &next.management, next.allow_any).await?;
-    filter.configure(&FilterSettings::from_config(&next, []))?;
-    filter.apply_ranges(&sources.set())?;
-    for interface in &next.interfaces {
-        filter.attach(interface, next.attach)?;
+    if let (Some(server), Some(http)) = (server, config.http) {
+        server.reload(http);
     }
     info!("configuration reloaded");
-    *current = next;
-    Ok(sources)
+    Ok(())
 }

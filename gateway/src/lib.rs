@@ -11,6 +11,8 @@
 //! - [`jwt`]: relay-signed tokens: key sets from certs documents, validation.
 //! - [`policy`]: access policies, a pure model with table-driven tests.
 //! - [`tokens`]: the service-token store (hashes only, constant-time checks).
+//! - [`sessions`]: the gateway's own signed session tokens and their keys.
+//! - [`proxy`]: the identity gateway: listeners, request phases, upstream.
 //! - [`daemon`]: `gateway run`, the long-running process.
 //! - [`cli`]: the command line; `main.rs` only calls [`cli::main`].
 
@@ -22,6 +24,8 @@ pub mod fetch;
 pub mod jwt;
 pub mod paths;
 pub mod policy;
+pub mod proxy;
+pub mod sessions;
 pub mod tokens;
 pub mod xdp;
 

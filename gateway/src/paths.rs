@@ -15,6 +15,8 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/gateway";
 /// Default service-token store.
 pub const DEFAULT_TOKEN_STORE: &str = "/var/lib/gateway/tokens.json";
 
+/// Default directory of the gateway's session signing keys.
+pub const DEFAULT_KEY_DIR: &str = "/var/lib/gateway/keys";
 /// Default configuration file.
 pub const DEFAULT_CONFIG: &str = "/etc/gateway/gateway.toml";
 

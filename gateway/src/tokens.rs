@@ -282,6 +282,23 @@ impl TokenStore {
         Ok(token)
     }
 
+    /// Whether the token `client_id` is still usable at `now` (neither
+    /// revoked nor expired): a session made from it ends when it does.
+    pub fn still_valid(&self, client_id: &str, now: u64) -> Result<&StoredToken, Refusal> {
+        let token = self
+            .tokens
+            .iter()
+            .find(|t| t.client_id == client_id)
+            .ok_or(Refusal::UnknownId)?;
+        if token.revoked_at.is_some() {
+            return Err(Refusal::Revoked);
+        }
+        if now >= token.expires_at {
+            return Err(Refusal::Expired);
+        }
+        Ok(token)
+    }
+
     /// Writes the store: temporary file, fsync, rename, fsync of the
     /// directory. Mode 0600: hashes are not secrets, but token names and ids
     /// are nobody else's business.

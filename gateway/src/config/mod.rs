@@ -2,6 +2,10 @@
 //! unknown keys rejected), then validated into [`Config`] before any socket
 //! or kernel call. Every error names the offending key.
 //!
+//! This module holds the file and the XDP section; [`http`] holds the
+//! identity gateway's sections (listeners, relay, sessions, tokens, audit,
+//! apps and their policies).
+//!
 //! ```toml
 //! [xdp]
 //! interfaces = ["eth0"]
@@ -28,6 +32,10 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::paths;
+
+pub mod http;
+
+pub use http::{App, HttpConfig};
 
 /// A configuration error, naming the key it is about.
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +75,19 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
 pub struct RawConfig {
     /// The XDP lock-down.
     pub xdp: Option<RawXdp>,
+    /// The identity gateway's listeners and limits.
+    pub http: Option<http::RawHttp>,
+    /// The relay's token issuer.
+    pub relay: Option<http::RawRelay>,
+    /// The gateway's own session tokens.
+    pub sessions: Option<http::RawSessions>,
+    /// The service-token store.
+    pub tokens: Option<http::RawTokens>,
+    /// The audit hand-off.
+    pub audit: Option<http::RawAudit>,
+    /// Applications.
+    #[serde(default)]
+    pub app: Vec<http::RawApp>,
 }
 
 /// `[xdp]` as written.
@@ -159,6 +180,8 @@ pub enum AttachMode {
 pub struct Config {
     /// The XDP lock-down, if configured.
     pub xdp: Option<XdpConfig>,
+    /// The identity gateway, if configured.
+    pub http: Option<HttpConfig>,
 }
 
 /// The validated `[xdp]` section.
@@ -246,9 +269,40 @@ impl Config {
 impl RawConfig {
     /// Checks everything that can be checked without side effects.
     pub fn validate(self) -> Result<Config, ConfigError> {
-        Ok(Config {
-            xdp: self.xdp.map(RawXdp::validate).transpose()?,
-        })
+        let xdp = self.xdp.map(RawXdp::validate).transpose()?;
+        let http = match self.http {
+            Some(raw) => Some(http::validate(http::RawSections {
+                http: raw,
+                relay: self.relay,
+                sessions: self.sessions,
+                tokens: self.tokens,
+                audit: self.audit,
+                apps: self.app,
+            })?),
+            None => {
+                let orphan = [
+                    ("relay", self.relay.is_some()),
+                    ("sessions", self.sessions.is_some()),
+                    ("tokens", self.tokens.is_some()),
+                    ("audit", self.audit.is_some()),
+                    ("app", !self.app.is_empty()),
+                ];
+                if let Some((key, _)) = orphan.iter().find(|(_, given)| *given) {
+                    return Err(invalid(
+                        *key,
+                        "only applies with an [http] section (listeners)",
+                    ));
+                }
+                None
+            }
+        };
+        if xdp.is_none() && http.is_none() {
+            return Err(invalid(
+                "xdp",
+                "nothing to run: configure [xdp], [http] or both",
+            ));
+        }
+        Ok(Config { xdp, http })
     }
 }
 

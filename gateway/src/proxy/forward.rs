@@ -1,0 +1,231 @@
+//! The upstream side: which headers the application may see, the pooled
+//! client, and WebSocket/Upgrade tunnelling.
+//!
+//! Header hygiene, in order:
+//! 1. hop-by-hop headers and every header the client's `Connection` names
+//!    are removed (they concern this hop only);
+//! 2. every header the gateway manages (identity, relay, forwarding) is
+//!    removed, whatever its spelling: names are compared after lowercasing
+//!    and turning `_` and `.` into `-`, so `X_Forwarded_For` or
+//!    `CF.Access.Authenticated.User.Email` cannot slip through;
+//! 3. the gateway's own values are added: `X-Forwarded-*` rebuilt from what
+//!    it verified, the verified assertion, the user's email, the request id.
+//!
+//! Managed headers are added after the `Connection` list is applied, so a
+//! client cannot make the gateway drop them by naming them there.
+
+use std::time::Duration;
+
+use http::{HeaderMap, HeaderName, HeaderValue, header};
+use hyper_util::{
+    client::legacy::{Client, connect::HttpConnector},
+    rt::{TokioExecutor, TokioTimer},
+};
+
+use super::Body;
+
+/// `X-Request-Id`: the id the client, the audit log and the upstream share.
+pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Headers meaningful for one hop only (RFC 9110 §7.6.1, plus the
+/// de-facto ones).
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Headers only the gateway may set, in normalized spelling.
+const MANAGED: [&str; 17] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-uri",
+    "x-forwarded-server",
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+    "x-real-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "cf-connecting-ipv6",
+    "cf-ipcountry",
+    "x-request-id",
+];
+
+/// Prefixes only the gateway may set: every Access header, including the
+/// service-token secret, and the gateway's own.
+const MANAGED_PREFIXES: [&str; 2] = ["cf-access-", "x-gateway-"];
+
+/// A header name as the most lenient server might read it.
+fn normalized(name: &str) -> String {
+    name.bytes()
+        .map(|b| match b {
+            b'_' | b'.' => '-',
+            b => char::from(b.to_ascii_lowercase()),
+        })
+        .collect()
+}
+
+/// Whether `name` (any spelling) is a header only the gateway sets.
+/// `extra` holds the configured relay headers (client IP, country).
+pub fn is_managed(name: &str, extra: &[&HeaderName]) -> bool {
+    let name = normalized(name);
+    MANAGED.contains(&name.as_str())
+        || MANAGED_PREFIXES.iter().any(|p| name.starts_with(p))
+        || extra.iter().any(|e| normalized(e.as_str()) == name)
+}
+
+/// Removes hop-by-hop headers and those `Connection` names. Returns the
+/// `Upgrade` value when the client asked to switch protocols, which the
+/// caller forwards only for WebSocket.
+pub fn strip_hop_by_hop(headers: &mut HeaderMap) -> Option<HeaderValue> {
+    let listed: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    let upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|token| token.trim().eq_ignore_ascii_case("upgrade"))
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten();
+    for name in listed {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    upgrade
+}
+
+/// Removes every managed header, whatever its spelling.
+pub fn strip_managed(headers: &mut HeaderMap, extra: &[&HeaderName]) {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| is_managed(name.as_str(), extra))
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(name);
+    }
+}
+
+/// Removes the `CF_Authorization` cookie, keeping the others.
+pub fn strip_auth_cookie(headers: &mut HeaderMap) {
+    let cookies: Vec<String> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .map(str::trim)
+        .filter(|pair| {
+            !pair.is_empty()
+                && pair.split_once('=').map_or(*pair, |(name, _)| name).trim()
+                    != crate::credentials::JWT_COOKIE
+        })
+        .map(str::to_owned)
+        .collect();
+    headers.remove(header::COOKIE);
+    if !cookies.is_empty()
+        && let Ok(value) = HeaderValue::from_str(&cookies.join("; "))
+    {
+        headers.insert(header::COOKIE, value);
+    }
+}
+
+/// The pooled HTTP/1.1 client to local applications.
+pub type UpstreamClient = Client<HttpConnector, Body>;
+
+/// A client with keep-alive pooling.
+pub fn client(pool_idle: Duration, connect_timeout: Duration) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.enforce_http(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(pool_idle)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_max_idle_per_host(1024)
+        .build(connector)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        headers
+    }
+
+    #[test]
+    fn managed_headers_are_stripped_in_every_spelling() {
+        let country = HeaderName::from_static("x-country");
+        let mut headers = map(&[
+            ("x_forwarded_for", "6.6.6.6"),
+            ("x.forwarded.host", "evil"),
+            ("cf_access_authenticated_user_email", "admin@corp.example"),
+            ("cf.access.jwt.assertion", "x"),
+            ("cf-access-client-secret", "s"),
+            ("x-gateway-user", "admin"),
+            ("forwarded", "for=6.6.6.6"),
+            ("x-country", "PT"),
+            ("x_country", "PT"),
+            ("accept", "*/*"),
+            ("authorization", "Bearer app-token"),
+        ]);
+        strip_managed(&mut headers, &[&country]);
+        let mut left: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        left.sort_unstable();
+        assert_eq!(left, vec!["accept", "authorization"]);
+    }
+
+    #[test]
+    fn connection_names_are_removed_and_upgrade_is_reported() {
+        let mut headers = map(&[
+            ("connection", "keep-alive, X-Secret, Upgrade"),
+            ("x-secret", "1"),
+            ("upgrade", "websocket"),
+            ("te", "trailers"),
+            ("keep-alive", "timeout=5"),
+            ("accept", "*/*"),
+        ]);
+        let upgrade = strip_hop_by_hop(&mut headers);
+        assert_eq!(upgrade.unwrap(), "websocket");
+        let left: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["accept"]);
+    }
+
+    #[test]
+    fn the_auth_cookie_is_removed_and_others_kept() {
+        let mut headers = map(&[
+            ("cookie", "a=1; CF_Authorization=tok; b=2"),
+            ("cookie", "CF_Authorization=x"),
+        ]);
+        strip_auth_cookie(&mut headers);
+        assert_eq!(headers.get_all(header::COOKIE).iter().count(), 1);
+        assert_eq!(headers[header::COOKIE], "a=1; b=2");
+    }
+}

@@ -1,0 +1,276 @@
+//! Sockets and connections: TLS handshakes (with a deadline), HTTP/1.1 and
+//! HTTP/2 on one port (ALPN, or the HTTP/2 preface on plain listeners),
+//! limits on request heads, and graceful draining at shutdown.
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use hyper::service::service_fn;
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo, TokioTimer},
+    server::{conn::auto, graceful::GracefulShutdown},
+};
+use tokio::{net::TcpListener, sync::watch};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+
+use super::{Gateway, ProxyError, handler, tls::ReloadingCert};
+use crate::{config::HttpConfig, error_chain};
+
+/// What a connection knows about itself, for the handler.
+#[derive(Clone, Debug)]
+pub struct Connection {
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// The local address the client connected to.
+    pub local: SocketAddr,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+    /// The TLS server name the client asked for (lowercase).
+    pub sni: Option<String>,
+}
+
+struct Bound {
+    socket: TcpListener,
+    tls: Option<(TlsAcceptor, Arc<ReloadingCert>)>,
+}
+
+/// The bound listeners, then their accept loops.
+pub struct Listeners {
+    bound: Vec<Bound>,
+    addrs: Vec<SocketAddr>,
+    certs: Vec<Arc<ReloadingCert>>,
+    stop: watch::Sender<bool>,
+    drained: Vec<tokio::sync::oneshot::Receiver<()>>,
+}
+
+impl std::fmt::Debug for Listeners {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listeners")
+            .field("addrs", &self.addrs)
+            .finish()
+    }
+}
+
+async fn bind(address: SocketAddr) -> Result<TcpListener, ProxyError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| ProxyError::Bind { address, source })
+}
+
+impl Listeners {
+    /// Loads certificates and binds every listener (nothing is served yet).
+    pub async fn bind(config: &HttpConfig) -> Result<Self, ProxyError> {
+        let mut bound = Vec::new();
+        let mut certs = Vec::new();
+        for listener in &config.https {
+            let cert = Arc::new(ReloadingCert::load(&listener.cert, &listener.key)?);
+            let acceptor = TlsAcceptor::from(Arc::new(super::tls::server_config(cert.clone())?));
+            certs.push(cert.clone());
+            bound.push(Bound {
+                socket: bind(listener.listen).await?,
+                tls: Some((acceptor, cert)),
+            });
+        }
+        for address in &config.plain {
+            bound.push(Bound {
+                socket: bind(*address).await?,
+                tls: None,
+            });
+        }
+        let addrs = bound
+            .iter()
+            .filter_map(|b| b.socket.local_addr().ok())
+            .collect();
+        let (stop, _) = watch::channel(false);
+        Ok(Self {
+            bound,
+            addrs,
+            certs,
+            stop,
+            drained: Vec::new(),
+        })
+    }
+
+    /// Bound addresses.
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.addrs.clone()
+    }
+
+    /// Starts the accept loops, plus the certificate reload timer.
+    pub fn spawn(&mut self, gateway: &Arc<Gateway>, tasks: &mut tokio::task::JoinSet<()>) {
+        let config = &gateway.snapshot.load().config;
+        let builder = Arc::new(connection_builder(config));
+        let header_timeout = config.header_timeout;
+        let cert_reload = config.cert_reload;
+        for bound in self.bound.drain(..) {
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+            self.drained.push(done_rx);
+            tasks.spawn(accept_loop(
+                bound,
+                gateway.clone(),
+                builder.clone(),
+                header_timeout,
+                self.stop.subscribe(),
+                done_tx,
+            ));
+        }
+        let certs = self.certs.clone();
+        tasks.spawn(async move {
+            let mut tick = tokio::time::interval(cert_reload);
+            loop {
+                tick.tick().await;
+                reload_certs(&certs);
+            }
+        });
+    }
+
+    /// Checks every certificate for changes now (SIGHUP).
+    pub fn reload_certs(&self) {
+        reload_certs(&self.certs);
+    }
+
+    /// Stops accepting and waits for open connections to finish their
+    /// requests, at most `timeout`.
+    pub async fn shutdown(&mut self, timeout: Duration) {
+        let _ = self.stop.send(true);
+        let drained = futures_join(std::mem::take(&mut self.drained));
+        if tokio::time::timeout(timeout, drained).await.is_err() {
+            warn!("connections still open after the drain timeout; closing them");
+        }
+    }
+}
+
+async fn futures_join(receivers: Vec<tokio::sync::oneshot::Receiver<()>>) {
+    for receiver in receivers {
+        let _ = receiver.await;
+    }
+}
+
+fn reload_certs(certs: &[Arc<ReloadingCert>]) {
+    for cert in certs {
+        match cert.reload_if_changed() {
+            Ok(true) => info!(cert = %cert.cert_path().display(), "certificate reloaded"),
+            Ok(false) => {}
+            Err(e) => {
+                warn!(error = %error_chain(&e), "certificate reload failed; keeping the current one")
+            }
+        }
+    }
+}
+
+fn connection_builder(config: &HttpConfig) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_timeout)
+        .max_headers(config.max_headers)
+        // hyper's floor for the read buffer is 8 KiB.
+        .max_buf_size(config.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
+}
+
+async fn accept_loop(
+    bound: Bound,
+    gateway: Arc<Gateway>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    handshake_timeout: Duration,
+    mut stop: watch::Receiver<bool>,
+    done: tokio::sync::oneshot::Sender<()>,
+) {
+    let graceful = GracefulShutdown::new();
+    let local = bound.socket.local_addr().ok();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = bound.socket.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let Some(local) = local else { continue };
+        let gateway = gateway.clone();
+        let builder = builder.clone();
+        let tls = bound.tls.as_ref().map(|(acceptor, _)| acceptor.clone());
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            match tls {
+                None => {
+                    let connection = Connection {
+                        peer,
+                        local,
+                        tls: false,
+                        sni: None,
+                    };
+                    serve(&builder, watcher, TokioIo::new(stream), gateway, connection).await;
+                }
+                Some(acceptor) => {
+                    let stream = match tokio::time::timeout(
+                        handshake_timeout,
+                        acceptor.accept(stream),
+                    )
+                    .await
+                    {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let sni = stream
+                        .get_ref()
+                        .1
+                        .server_name()
+                        .map(str::to_ascii_lowercase);
+                    let connection = Connection {
+                        peer,
+                        local,
+                        tls: true,
+                        sni,
+                    };
+                    serve(&builder, watcher, TokioIo::new(stream), gateway, connection).await;
+                }
+            }
+        });
+    }
+    drop(bound);
+    graceful.shutdown().await;
+    let _ = done.send(());
+}
+
+async fn serve<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    io: TokioIo<I>,
+    gateway: Arc<Gateway>,
+    connection: Connection,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = Arc::new(connection);
+    let peer = connection.peer;
+    let service =
+        service_fn(move |request| handler::handle(gateway.clone(), connection.clone(), request));
+    let conn = builder.serve_connection_with_upgrades(io, service);
+    if let Err(e) = watcher.watch(conn.into_owned()).await {
+        debug!(%peer, error = %e, "connection ended with an error");
+    }
+}

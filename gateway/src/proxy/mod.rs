@@ -1,0 +1,339 @@
+//! The identity gateway: a TLS reverse proxy that authenticates and
+//! authorizes every request before the local application sees it.
+//!
+//! # Layout
+//! - this module: the shared state ([`Gateway`]), what SIGHUP swaps
+//!   ([`Snapshot`]), and the running server ([`Server`]);
+//! - [`listener`]: sockets, TLS handshakes, HTTP/1.1 and HTTP/2 connections;
+//! - [`tls`]: certificates reloaded from their files;
+//! - [`request`]: host and path normalization (pure);
+//! - [`handler`]: the phases of one request, from framing checks to the
+//!   audit event;
+//! - [`identity`]: credentials to a verified identity;
+//! - [`forward`]: header hygiene, the upstream client, upgrades;
+//! - [`refusal`]: every refusal mapped to status, reason and body.
+
+pub mod forward;
+pub mod handler;
+pub mod identity;
+pub mod listener;
+pub mod refusal;
+pub mod request;
+pub mod tls;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
+use tracing::{info, warn};
+
+use crate::{
+    config::{App, HttpConfig, http::RelayConfig},
+    error_chain,
+    jwt::{certs::CertsCache, verified::VerifiedTokens},
+    sessions::{SessionError, Sessions},
+    tokens::{TokenError, TokenStore},
+};
+
+/// Bodies in both directions: streamed from the peer, or ours in full.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// A body holding `bytes`.
+pub fn full_body(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// A listener could not be bound.
+    #[error("cannot listen on {address}")]
+    Bind {
+        /// The address.
+        address: std::net::SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A certificate could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// The token store could not be read.
+    #[error(transparent)]
+    Tokens(#[from] TokenError),
+    /// The session keys could not be loaded or made.
+    #[error(transparent)]
+    Sessions(#[from] SessionError),
+}
+
+/// Verifies the relay's tokens: its key cache and what its tokens must say.
+#[derive(Debug)]
+pub struct RelayVerifier {
+    /// The relay's settings.
+    pub config: RelayConfig,
+    /// Its keys (shared across reloads while the URL is unchanged).
+    pub certs: Arc<CertsCache>,
+}
+
+/// What a SIGHUP replaces: applications, policies, relay settings.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// The validated configuration.
+    pub config: HttpConfig,
+    /// The relay verifier, kept across reloads while its URL is unchanged.
+    pub relay: Option<Arc<RelayVerifier>>,
+}
+
+impl Snapshot {
+    /// The app serving `host` and `path`: the longest matching prefix.
+    pub fn route(&self, host: &str, path: &str) -> Option<&App> {
+        self.config
+            .apps
+            .iter()
+            .filter(|app| {
+                app.hostname == host
+                    && request::under_prefix(path, &app.path, app.case_insensitive_paths)
+            })
+            .max_by_key(|app| app.path.len())
+    }
+}
+
+/// The service-token store, reloaded when its file changes so `gateway
+/// token` commands take effect without a restart.
+#[derive(Debug)]
+pub struct TokenWatch {
+    path: PathBuf,
+    store: ArcSwap<TokenStore>,
+    stamp: Mutex<Option<FileStamp>>,
+}
+
+type FileStamp = (u64, u64, std::time::SystemTime);
+
+fn stamp(path: &Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.ino(), meta.len(), meta.modified().ok()?))
+}
+
+impl TokenWatch {
+    /// Loads the store (a missing file is an empty store).
+    pub fn open(path: &Path) -> Result<Self, TokenError> {
+        let stamp_now = stamp(path);
+        let store = TokenStore::open(path)?;
+        Ok(Self {
+            path: path.to_owned(),
+            store: ArcSwap::from_pointee(store),
+            stamp: Mutex::new(stamp_now),
+        })
+    }
+
+    /// The store in use.
+    pub fn current(&self) -> Arc<TokenStore> {
+        self.store.load_full()
+    }
+
+    /// Reloads when the file changed; a store that cannot be read keeps the
+    /// previous one (logged).
+    pub fn reload_if_changed(&self) {
+        let now = stamp(&self.path);
+        let mut last = self.stamp.lock().expect("token stamp lock");
+        if *last == now {
+            return;
+        }
+        *last = now;
+        match TokenStore::open(&self.path) {
+            Ok(store) => {
+                info!(
+                    tokens = store.tokens().len(),
+                    "service-token store reloaded"
+                );
+                self.store.store(Arc::new(store));
+            }
+            Err(e) => {
+                warn!(error = %error_chain(&e), "service-token store unreadable; keeping the previous one")
+            }
+        }
+    }
+}
+
+/// Shared by every connection.
+pub struct Gateway {
+    /// Swapped on reload.
+    pub snapshot: ArcSwap<Snapshot>,
+    /// Tokens already verified.
+    pub verified: VerifiedTokens,
+    /// Service tokens.
+    pub tokens: TokenWatch,
+    /// The gateway's own sessions.
+    pub sessions: Option<Sessions>,
+    /// Where decisions go.
+    pub audit: analytics::AuditSender,
+    /// The pooled upstream client.
+    pub client: forward::UpstreamClient,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").finish_non_exhaustive()
+    }
+}
+
+/// How many verified tokens are remembered.
+const VERIFIED_CAPACITY: usize = 100_000;
+/// Connecting to a local upstream should be quick.
+const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the token store is checked for changes.
+const TOKEN_STORE_POLL: Duration = Duration::from_secs(1);
+/// How often session keys are checked for rotation.
+const SESSION_ROTATION_POLL: Duration = Duration::from_secs(60);
+/// How long in-flight requests get to finish at shutdown.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn relay_verifier(
+    config: &RelayConfig,
+    previous: Option<&Arc<RelayVerifier>>,
+) -> Arc<RelayVerifier> {
+    match previous {
+        Some(old)
+            if old.config.certs_url == config.certs_url && old.config.ca_file == config.ca_file =>
+        {
+            Arc::new(RelayVerifier {
+                config: config.clone(),
+                certs: old.certs.clone(),
+            })
+        }
+        _ => Arc::new(RelayVerifier {
+            config: config.clone(),
+            certs: Arc::new(CertsCache::new(
+                config.certs_url.clone(),
+                config.ca_file.clone(),
+                config.kid_cooldown,
+            )),
+        }),
+    }
+}
+
+/// The running identity gateway.
+#[derive(Debug)]
+pub struct Server {
+    gateway: Arc<Gateway>,
+    listeners: listener::Listeners,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl Server {
+    /// Binds every listener and loads certificates, the token store and the
+    /// session keys; then fetches the relay's keys once (a failure is logged
+    /// and requests fail closed until a refresh succeeds).
+    pub async fn start(
+        config: HttpConfig,
+        audit: analytics::AuditSender,
+    ) -> Result<Self, ProxyError> {
+        let tokens = TokenWatch::open(&config.token_store)?;
+        let sessions = config
+            .sessions
+            .clone()
+            .map(|s| Sessions::open(s, crate::unix_now()))
+            .transpose()?;
+        let mut listeners = listener::Listeners::bind(&config).await?;
+        let relay = config.relay.as_ref().map(|r| relay_verifier(r, None));
+        let client = forward::client(config.pool_idle, UPSTREAM_CONNECT_TIMEOUT);
+        let gateway = Arc::new(Gateway {
+            snapshot: ArcSwap::from_pointee(Snapshot { config, relay }),
+            verified: VerifiedTokens::new(VERIFIED_CAPACITY),
+            tokens,
+            sessions,
+            audit,
+            client,
+        });
+        let mut tasks = tokio::task::JoinSet::new();
+        if let Some(relay) = gateway.snapshot.load().relay.clone() {
+            match relay.certs.refresh().await {
+                Ok(()) => info!(url = %relay.config.certs_url, "relay signing keys loaded"),
+                Err(e) => {
+                    warn!(error = %error_chain(&e), "relay signing keys not loaded; relay tokens are refused until they are")
+                }
+            }
+        }
+        tasks.spawn(background(gateway.clone()));
+        listeners.spawn(&gateway, &mut tasks);
+        Ok(Self {
+            gateway,
+            listeners,
+            tasks,
+        })
+    }
+
+    /// The addresses actually bound (useful with port 0).
+    pub fn local_addrs(&self) -> Vec<std::net::SocketAddr> {
+        self.listeners.local_addrs()
+    }
+
+    /// Applies a reloaded configuration: apps, policies, relay settings and
+    /// limits take effect for new requests; open connections are untouched.
+    /// Listener changes need a restart and are reported.
+    pub fn reload(&self, config: HttpConfig) {
+        let current = self.gateway.snapshot.load_full();
+        if config.https != current.config.https || config.plain != current.config.plain {
+            warn!("listener changes take effect at the next restart");
+        }
+        self.listeners.reload_certs();
+        let relay = config
+            .relay
+            .as_ref()
+            .map(|r| relay_verifier(r, current.relay.as_ref()));
+        self.gateway
+            .snapshot
+            .store(Arc::new(Snapshot { config, relay }));
+        self.gateway.tokens.reload_if_changed();
+        info!("gateway configuration reloaded");
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to
+    /// [`DRAIN_TIMEOUT`]), then returns.
+    pub async fn shutdown(mut self) {
+        self.listeners.shutdown(DRAIN_TIMEOUT).await;
+        self.tasks.shutdown().await;
+    }
+}
+
+/// Periodic work: relay key refresh, token store and certificate reloads,
+/// session key rotation.
+async fn background(gateway: Arc<Gateway>) {
+    let mut tokens = tokio::time::interval(TOKEN_STORE_POLL);
+    let mut rotation = tokio::time::interval(SESSION_ROTATION_POLL);
+    // The first refresh is `refresh` after start-up's fetch.
+    let mut next_relay_refresh = tokio::time::Instant::now() + Duration::from_secs(86_400);
+    loop {
+        let relay = gateway.snapshot.load().relay.clone();
+        let refresh_every = relay
+            .as_ref()
+            .map_or(Duration::from_secs(3600), |r| r.config.refresh);
+        next_relay_refresh = next_relay_refresh.min(tokio::time::Instant::now() + refresh_every);
+        tokio::select! {
+            _ = tokens.tick() => gateway.tokens.reload_if_changed(),
+            _ = rotation.tick() => {
+                if let Some(sessions) = &gateway.sessions
+                    && let Err(e) = sessions.rotate(crate::unix_now())
+                {
+                    warn!(error = %error_chain(&e), "session key rotation failed; the current key stays in use");
+                }
+            }
+            _ = tokio::time::sleep_until(next_relay_refresh) => {
+                next_relay_refresh = tokio::time::Instant::now() + refresh_every;
+                if let Some(relay) = relay
+                    && let Err(e) = relay.certs.refresh().await
+                {
+                    warn!(error = %error_chain(&e), "relay key refresh failed; keeping the last good keys");
+                }
+            }
+        }
+    }
+}
