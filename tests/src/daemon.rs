@@ -69,9 +69,21 @@ impl Daemon {
     /// it is running and every interface in `interfaces` has a pinned link
     /// under `layout`.
     pub fn start(ns: &Netns, config: &Path, layout: &PinLayout, interfaces: &[&str]) -> Self {
+        Self::spawn(gateway_command(ns), config, |_| {
+            interfaces.iter().all(|i| layout.link(i).exists())
+        })
+    }
+
+    /// Starts `gateway run --config CONFIG` in the test's own network
+    /// namespace (loopback listeners only) and waits until it is running.
+    pub fn start_local(config: &Path) -> Self {
+        Self::spawn(Command::new(gateway_bin()), config, |_| true)
+    }
+
+    fn spawn(mut command: Command, config: &Path, ready: impl Fn(&Self) -> bool) -> Self {
         let log = config.with_extension(format!("log-{}", std::process::id()));
         let stderr = File::create(&log).expect("log file");
-        let child = gateway_command(ns)
+        let child = command
             .args(["run", "--config"])
             .arg(config)
             .stdin(Stdio::null())
@@ -84,9 +96,7 @@ impl Daemon {
             log,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !(daemon.log_text().contains("gateway running")
-            && interfaces.iter().all(|i| layout.link(i).exists()))
-        {
+        while !(daemon.log_text().contains("gateway running") && ready(&daemon)) {
             if let Some(status) = daemon
                 .child
                 .as_mut()
@@ -96,12 +106,23 @@ impl Daemon {
             }
             assert!(
                 Instant::now() < deadline,
-                "gateway did not attach within 30 s:\n{}",
+                "gateway did not start within 30 s:\n{}",
                 daemon.log_text()
             );
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(20));
         }
         daemon
+    }
+
+    /// The addresses the daemon logged as `listening`, in config order
+    /// (HTTPS listeners first, then plain ones).
+    pub fn listening(&self) -> Vec<std::net::SocketAddr> {
+        self.log_text()
+            .lines()
+            .filter(|l| l.contains("listening"))
+            .filter_map(|l| l.split("address=").nth(1))
+            .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
+            .collect()
     }
 
     /// The log so far.

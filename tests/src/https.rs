@@ -14,10 +14,7 @@ use std::{
     time::Duration,
 };
 
-use rustls::{
-    ServerConfig, ServerConnection, StreamOwned,
-    pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer},
-};
+use rustls::{ServerConfig, ServerConnection, StreamOwned};
 
 /// What the server answers.
 #[derive(Clone, Debug)]
@@ -44,28 +41,14 @@ impl HttpsServer {
     /// Starts serving `reply` on 127.0.0.1 with a certificate for
     /// `localhost` and 127.0.0.1.
     pub fn start(reply: Reply) -> Self {
-        let ca_key = rcgen::KeyPair::generate().expect("CA key");
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "gateway test CA");
-        let ca = ca_params.self_signed(&ca_key).expect("CA cert");
-        let issuer = rcgen::Issuer::new(ca_params, ca_key);
-        let key = rcgen::KeyPair::generate().expect("server key");
-        let params = rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()])
-            .expect("server params");
-        let cert = params.signed_by(&key, &issuer).expect("server cert");
-
+        let ca = crate::pki::TestCa::new();
+        let issued = ca.issue(&["localhost", "127.0.0.1"]);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("protocols")
             .with_no_client_auth()
-            .with_single_cert(
-                vec![CertificateDer::from(cert.der().to_vec())],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
-            )
+            .with_single_cert(vec![issued.cert_der], issued.key_der)
             .expect("server config");
         let config = Arc::new(config);
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");

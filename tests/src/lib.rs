@@ -9,16 +9,22 @@
 //! - [`netns`]: network namespaces and veth pairs, removed on drop.
 //! - [`https`]: a real HTTPS server on loopback serving range lists.
 //! - [`daemon`]: the real gateway binary run as a process in a namespace.
+//! - [`pki`]: a throwaway CA for every TLS server in the tests.
+//! - [`upstream`]: an application that records what reaches it.
+//! - [`gateway`]: the identity gateway with relay, upstream and clients.
 //!
 //! Privileged tests call [`require_root`] first: without root they fail with
 //! a message saying so, they never skip.
 
 pub mod daemon;
 pub mod filter;
+pub mod gateway;
 pub mod https;
 pub mod model;
 pub mod netns;
 pub mod packet;
+pub mod pki;
+pub mod upstream;
 
 /// Fails the test loudly unless it runs as root.
 pub fn require_root() {

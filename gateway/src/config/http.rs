@@ -493,7 +493,7 @@ pub fn validate(raw: RawSections) -> Result<HttpConfig, ConfigError> {
     for (i, listener) in http.https.into_iter().enumerate() {
         let key = format!("http.https[{i}]");
         let listen = parse_listen(&format!("{key}.listen"), &listener.listen)?;
-        if !addresses.insert(listen) {
+        if listen.port() != 0 && !addresses.insert(listen) {
             return Err(invalid(format!("{key}.listen"), "address used twice"));
         }
         for (name, path) in [("cert", &listener.cert), ("key", &listener.key)] {
@@ -511,7 +511,7 @@ pub fn validate(raw: RawSections) -> Result<HttpConfig, ConfigError> {
     for (i, listener) in http.plain.into_iter().enumerate() {
         let key = format!("http.plain[{i}].listen");
         let listen = parse_listen(&key, &listener.listen)?;
-        if !addresses.insert(listen) {
+        if listen.port() != 0 && !addresses.insert(listen) {
             return Err(invalid(key, "address used twice"));
         }
         plain.push(listen);

@@ -1,0 +1,303 @@
+//! The identity gateway under test, with everything around it real: the
+//! gateway binary as a process on loopback with TLS listeners (certificates
+//! from a test CA), a relay key server (HTTPS, Cloudflare's certs shape), an
+//! upstream that records what it receives, the audit log as JSON lines, and
+//! HTTP clients (reqwest over h1 or h2, and raw TLS for malformed requests).
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpStream},
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use rustls::{ClientConnection, StreamOwned, pki_types::ServerName};
+use serde_json::{Value, json};
+
+use crate::{
+    daemon::Daemon,
+    https::{HttpsServer, Reply},
+    pki::TestCa,
+    upstream::Upstream,
+};
+
+/// The relay's issuer URL in tests.
+pub const ISSUER: &str = "https://team.relay.test";
+/// The AUD tag of the main test app.
+pub const AUD: &str = "aud-app";
+/// Host names with certificates.
+pub const HOSTS: [&str; 2] = ["app.test", "other.test"];
+
+/// The relay: its RSA key (the throwaway test key) and its certs server.
+pub struct Relay {
+    key: EncodingKey,
+    jwk: Value,
+    /// Serves the certs document.
+    pub server: HttpsServer,
+}
+
+impl Relay {
+    /// A relay whose certs document holds its key as `kid` `relay-1`.
+    pub fn start() -> Self {
+        let der = include_bytes!("../../gateway/testdata/rsa-test-key.der");
+        let n = include_str!("../../gateway/testdata/rsa-test-key.n").trim();
+        let jwk = json!({"kid": "relay-1", "kty": "RSA", "alg": "RS256", "use": "sig", "n": n, "e": "AQAB"});
+        let server = HttpsServer::start(Reply {
+            status: 200,
+            body: json!({"keys": [jwk.clone()], "public_cert": {"kid": "relay-1", "cert": ""}, "public_certs": []}).to_string(),
+        });
+        Self {
+            key: EncodingKey::from_rsa_der(der),
+            jwk,
+            server,
+        }
+    }
+
+    /// The key as a JWK.
+    pub fn jwk(&self) -> &Value {
+        &self.jwk
+    }
+
+    /// A token with `claims`, signed RS256 with `kid` (normally `relay-1`).
+    pub fn sign_with_kid(&self, kid: &str, claims: &Value) -> String {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(kid.into());
+        jsonwebtoken::encode(&header, claims, &self.key).expect("sign")
+    }
+
+    /// A token with `claims`, signed by the relay's key.
+    pub fn sign(&self, claims: &Value) -> String {
+        self.sign_with_kid("relay-1", claims)
+    }
+
+    /// Valid user claims for `email` on the main app, 5 minutes.
+    pub fn user_claims(email: &str) -> Value {
+        let now = gateway::unix_now();
+        json!({"iss": ISSUER, "aud": [AUD], "sub": format!("sub-{email}"), "email": email,
+               "iat": now, "nbf": now, "exp": now + 300, "type": "app", "country": "PT",
+               "groups": ["engineering"]})
+    }
+
+    /// A valid user token for `email`.
+    pub fn user_token(&self, email: &str) -> String {
+        self.sign(&Self::user_claims(email))
+    }
+}
+
+/// Everything around one gateway process.
+pub struct Harness {
+    /// Config, certificates, token store, audit log.
+    pub dir: tempfile::TempDir,
+    /// The CA of the listener certificates.
+    pub ca: TestCa,
+    /// The relay.
+    pub relay: Relay,
+    /// The application.
+    pub upstream: Upstream,
+    /// The running gateway, once started.
+    pub daemon: Option<Daemon>,
+}
+
+impl Harness {
+    /// Relay, upstream and certificates; the gateway is not started yet.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = TestCa::new();
+        let issued = ca.issue(&HOSTS);
+        std::fs::write(dir.path().join("cert.pem"), &issued.cert_pem).expect("cert");
+        std::fs::write(dir.path().join("key.pem"), &issued.key_pem).expect("key");
+        let relay = Relay::start();
+        relay.server.write_ca(&dir.path().join("relay-ca.pem"));
+        Self {
+            dir,
+            ca,
+            relay,
+            upstream: Upstream::start(),
+            daemon: None,
+        }
+    }
+
+    /// A path in the harness directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The configuration every test shares: one HTTPS and one plain
+    /// listener on free loopback ports, the relay, sessions, the token store
+    /// and the audit file. Tests append their `[[app]]` sections.
+    pub fn base_config(&self) -> String {
+        let p = |name: &str| self.path(name).display().to_string();
+        format!(
+            r#"[http]
+[[http.https]]
+listen = "127.0.0.1:0"
+cert = "{cert}"
+key = "{key}"
+[[http.plain]]
+listen = "127.0.0.1:0"
+
+[relay]
+issuer = "{ISSUER}"
+certs_url = "{certs}"
+ca_file = "{ca}"
+kid_cooldown_secs = 60
+
+[sessions]
+issuer = "https://gateway.test"
+key_dir = "{keys}"
+lifetime_secs = 600
+
+[tokens]
+store = "{store}"
+
+[audit]
+jsonl = "{audit}"
+"#,
+            cert = p("cert.pem"),
+            key = p("key.pem"),
+            certs = self.relay.server.url("/cdn-cgi/access/certs"),
+            ca = p("relay-ca.pem"),
+            keys = p("keys"),
+            store = p("tokens.json"),
+            audit = p("audit.jsonl"),
+        )
+    }
+
+    /// An app section for the upstream, with `extra` lines and `policies`
+    /// (TOML `[[app.policy]]` blocks).
+    pub fn app(&self, name: &str, host: &str, path: &str, extra: &str, policies: &str) -> String {
+        format!(
+            "\n[[app]]\nname = \"{name}\"\nhostname = \"{host}\"\npath = \"{path}\"\nupstream = \"{}\"\n{extra}\n{policies}\n",
+            self.upstream.url()
+        )
+    }
+
+    /// Writes `config` and starts the gateway.
+    pub fn start(&mut self, config: &str) {
+        let path = self.path("gateway.toml");
+        std::fs::write(&path, config).expect("write config");
+        self.daemon = Some(Daemon::start_local(&path));
+    }
+
+    /// Rewrites the config file (for SIGHUP tests).
+    pub fn rewrite(&self, config: &str) {
+        std::fs::write(self.path("gateway.toml"), config).expect("write config");
+    }
+
+    fn daemon(&self) -> &Daemon {
+        self.daemon.as_ref().expect("gateway not started")
+    }
+
+    /// The HTTPS listener.
+    pub fn https_addr(&self) -> SocketAddr {
+        self.daemon().listening()[0]
+    }
+
+    /// The plain listener.
+    pub fn plain_addr(&self) -> SocketAddr {
+        self.daemon().listening()[1]
+    }
+
+    /// A reqwest client trusting the test CA, resolving the test hosts to
+    /// the HTTPS listener; `h2` picks HTTP/2 by ALPN, else HTTP/1.1.
+    pub fn client(&self, h2: bool) -> reqwest::Client {
+        let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[b"http/1.1"] };
+        let mut builder = reqwest::Client::builder()
+            .use_preconfigured_tls(self.ca.client_config(alpn))
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy();
+        for host in HOSTS {
+            builder = builder.resolve(host, self.https_addr());
+        }
+        builder.build().expect("client")
+    }
+
+    /// Sends raw bytes over TLS with server name `sni` and returns every
+    /// byte received until the server closes or 3 s pass.
+    pub fn raw(&self, sni: &str, request: &[u8]) -> String {
+        let config = Arc::new(self.ca.client_config(&[b"http/1.1"]));
+        let name = ServerName::try_from(sni.to_owned()).expect("server name");
+        let connection = ClientConnection::new(config, name).expect("client connection");
+        let tcp = TcpStream::connect(self.https_addr()).expect("connect");
+        tcp.set_read_timeout(Some(Duration::from_secs(3)))
+            .expect("timeout");
+        let mut tls = StreamOwned::new(connection, tcp);
+        tls.write_all(request).expect("send");
+        tls.flush().expect("flush");
+        let mut received = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match tls.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+        String::from_utf8_lossy(&received).into_owned()
+    }
+
+    /// The audit events written so far (complete lines only: the writer
+    /// may be in the middle of one).
+    pub fn audit(&self) -> Vec<Value> {
+        let text = std::fs::read_to_string(self.path("audit.jsonl")).unwrap_or_default();
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
+        complete
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("audit line is JSON"))
+            .collect()
+    }
+
+    /// The audit event of request `request_id`, waiting up to 5 s for it.
+    pub fn audit_event(&self, request_id: &str) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if let Some(event) = self
+                .audit()
+                .into_iter()
+                .find(|e| e["request_id"] == request_id)
+            {
+                return event;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no audit event for request {request_id}; have {:?}",
+                self.audit()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The gateway's log.
+    pub fn log(&self) -> String {
+        self.daemon().log_text()
+    }
+
+    /// Sends SIGHUP and waits for the reload to be logged.
+    pub fn reload(&self) {
+        let before = self.log().matches("gateway configuration reloaded").count();
+        self.daemon().signal(libc::SIGHUP);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.log().matches("gateway configuration reloaded").count() == before {
+            assert!(Instant::now() < deadline, "no reload:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs `gateway token ARGS --store <the store>`.
+    pub fn token_cli(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(crate::daemon::gateway_bin())
+            .arg("token")
+            .arg("--store")
+            .arg(self.path("tokens.json"))
+            .args(args)
+            .output()
+            .expect("run gateway token")
+    }
+}
+
+impl Default for Harness {
+    fn default() -> Self {
+        Self::new()
+    }
+}
