@@ -2,9 +2,9 @@
 //! loopback that records exactly what it received, so tests can assert what
 //! passed through and that refused requests never arrived.
 //!
-//! Paths: `/ws...` switches to an echo tunnel when asked to upgrade to
-//! WebSocket; `/fake-upgrade` answers 200 even to an upgrade request;
-//! `/slow` answers after 3 s; anything else answers 200 `upstream ok`.
+//! Paths: any with `/ws` switches to an echo tunnel when asked to upgrade to
+//! WebSocket; others (e.g. `/fake-upgrade`) answer 200 even to an upgrade
+//! request; any with `/slow` answers after 3 s; anything else answers 200 `upstream ok`.
 
 use std::{
     convert::Infallible,
@@ -95,7 +95,7 @@ async fn serve(
             .collect(),
         body,
     });
-    if target.starts_with("/ws") && wants_ws {
+    if target.contains("/ws") && wants_ws {
         if let Some(upgrade) = upgrade {
             tokio::spawn(async move {
                 if let Ok(upgraded) = upgrade.await {
@@ -111,7 +111,7 @@ async fn serve(
             .body(Full::new(Bytes::new()))
             .expect("response"));
     }
-    if target.starts_with("/slow") {
+    if target.contains("/slow") {
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
     Ok(Response::builder()

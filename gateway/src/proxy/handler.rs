@@ -2,8 +2,8 @@
 //!
 //! 1. **client**: the client address (the relay's header only from a trusted
 //!    relay peer) and the relay's country header;
-//! 2. **framing**: `Content-Length` with `Transfer-Encoding`, host and
-//!    authority agreement, TLS server name against `Host`;
+//! 2. **framing**: host and authority agreement, TLS server name against
+//!    `Host` (message framing is hyper's, which refuses malformed lengths);
 //! 3. **target**: normalized host and path ([`super::request`]);
 //! 4. **route**: the app for host and path; built-in endpoints;
 //! 5. **bypass**: Bypass policies, which need no identity, are tried before
@@ -136,12 +136,9 @@ async fn phases(
     let (client_ip, relay_country) = client_address(snapshot, connection, &parts.headers)?;
     event.client_ip = Some(client_ip);
 
-    // 2-3. framing and target
-    if parts.headers.contains_key(header::CONTENT_LENGTH)
-        && parts.headers.contains_key(header::TRANSFER_ENCODING)
-    {
-        return Err(Refusal::BadRequest("content_length_and_transfer_encoding"));
-    }
+    // 2-3. framing and target. Message framing itself (Content-Length and
+    // Transfer-Encoding, chunk sizes) is hyper's: it refuses malformed
+    // values and closes the connection after a request that had both.
     let (host, host_header) = request_host(&parts)?;
     event.host = Some(host.clone());
     if connection.tls
