@@ -31,6 +31,28 @@ pub fn gateway_bin() -> PathBuf {
     bin
 }
 
+/// (client id, secret) from the output of `gateway token create` or
+/// `rotate`; panics, with the command's stderr, if it failed.
+pub fn token_credentials(out: &Output) -> (String, String) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {text}"))
+            .trim()
+            .to_string()
+    };
+    (
+        field("CF-Access-Client-Id:"),
+        field("CF-Access-Client-Secret:"),
+    )
+}
+
 /// A `gateway` command that will run inside `ns`'s network namespace.
 pub fn gateway_command(ns: &Netns) -> Command {
     let mut cmd = Command::new(gateway_bin());

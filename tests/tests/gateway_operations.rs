@@ -28,6 +28,25 @@ async fn status(client: &reqwest::Client, token: &str) -> u16 {
         .as_u16()
 }
 
+/// A request with a valid token for alice: its status and audit event.
+async fn as_alice(h: &Harness) -> (u16, serde_json::Value) {
+    let response = h
+        .client(false)
+        .get("https://app.test/")
+        .header(
+            "cf-access-jwt-assertion",
+            h.relay.user_token("alice@corp.example"),
+        )
+        .send()
+        .await
+        .expect("request");
+    let id = response.headers()["x-request-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    (response.status().as_u16(), h.audit_event(&id))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_unknown_key_ids_costs_at_most_one_fetch_per_cooldown() {
     let mut h = Harness::new();
@@ -72,22 +91,9 @@ async fn without_relay_keys_every_relay_token_is_refused_with_503() {
         "{}",
         h.log()
     );
-    let client = h.client(false);
-    let response = client
-        .get("https://app.test/")
-        .header(
-            "cf-access-jwt-assertion",
-            h.relay.user_token("alice@corp.example"),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 503);
-    let id = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    assert_eq!(h.audit_event(&id)["reason"], "keys_unavailable");
+    let (status_code, event) = as_alice(&h).await;
+    assert_eq!(status_code, 503);
+    assert_eq!(event["reason"], "keys_unavailable");
     assert_eq!(h.upstream.count(), 0);
 
     // Once the relay serves keys again, the background refresh loads them.
@@ -96,7 +102,7 @@ async fn without_relay_keys_every_relay_token_is_refused_with_503() {
         .set(200, &json!({"keys": [h.relay.jwk().clone()]}).to_string());
     let token = h.relay.user_token("alice@corp.example");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while status(&client, &token).await != 200 {
+    while status(&h.client(false), &token).await != 200 {
         assert!(Instant::now() < deadline, "keys never loaded:\n{}", h.log());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -198,22 +204,8 @@ async fn a_dead_upstream_is_a_502_and_is_recorded() {
     drop(dead);
     let config = h.base_config() + &alice_only(&h).replace(&h.upstream.url(), &dead_url);
     h.start(&config);
-    let response = h
-        .client(false)
-        .get("https://app.test/")
-        .header(
-            "cf-access-jwt-assertion",
-            h.relay.user_token("alice@corp.example"),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 502);
-    let id = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_owned();
-    let event = h.audit_event(&id);
+    let (status_code, event) = as_alice(&h).await;
+    assert_eq!(status_code, 502);
     assert_eq!(event["reason"], "upstream_failed");
     assert_eq!(event["email"], "alice@corp.example");
 }

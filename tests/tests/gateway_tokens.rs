@@ -6,27 +6,7 @@
 use std::time::{Duration, Instant};
 
 use gateway::jwt::{Expectations, KeySet};
-use gateway_tests::gateway::Harness;
-
-fn credentials(out: &std::process::Output) -> (String, String) {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .unwrap_or_else(|| panic!("no {name} in {text}"))
-            .trim()
-            .to_owned()
-    };
-    (
-        field("CF-Access-Client-Id:"),
-        field("CF-Access-Client-Secret:"),
-    )
-}
+use gateway_tests::{daemon::token_credentials, gateway::Harness};
 
 async fn send(h: &Harness, headers: &[(&str, &str)]) -> (u16, reqwest::header::HeaderMap) {
     let mut request = h.client(false).get("https://app.test/api");
@@ -52,8 +32,8 @@ async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_tokens_are_exchanged_for_sessions_and_their_lifecycle_applies_live() {
     let mut h = Harness::new();
-    let (bot_id, bot_secret) = credentials(&h.token_cli(&["create", "--name", "bot"]));
-    let (other_id, other_secret) = credentials(&h.token_cli(&["create", "--name", "other"]));
+    let (bot_id, bot_secret) = token_credentials(&h.token_cli(&["create", "--name", "bot"]));
+    let (other_id, other_secret) = token_credentials(&h.token_cli(&["create", "--name", "other"]));
     let config = h.base_config()
         + &h.app(
             "api",
@@ -174,7 +154,7 @@ async fn service_tokens_are_exchanged_for_sessions_and_their_lifecycle_applies_l
 
     // Rotation with no grace: the old secret stops working without a
     // restart, the new one works.
-    let (_, new_secret) = credentials(&h.token_cli(&["rotate", "bot", "--grace", "0s"]));
+    let (_, new_secret) = token_credentials(&h.token_cli(&["rotate", "bot", "--grace", "0s"]));
     eventually("the old secret is refused", async || {
         send(
             &h,

@@ -7,7 +7,7 @@ use gateway::{
     tokens::{Refusal, TokenStore},
     unix_now as now,
 };
-use gateway_tests::daemon::gateway_bin;
+use gateway_tests::daemon::{gateway_bin, token_credentials};
 
 fn token(store: &std::path::Path, args: &[&str]) -> Output {
     Command::new(gateway_bin())
@@ -19,33 +19,12 @@ fn token(store: &std::path::Path, args: &[&str]) -> Output {
         .expect("run gateway")
 }
 
-/// (client id, secret) from `create`/`rotate` output.
-fn credentials(out: &Output) -> (String, String) {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .unwrap_or_else(|| panic!("no {name} in {text}"))
-            .trim()
-            .to_string()
-    };
-    (
-        field("CF-Access-Client-Id:"),
-        field("CF-Access-Client-Secret:"),
-    )
-}
-
 #[test]
 fn create_list_rotate_revoke() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("tokens.json");
 
-    let (id, secret) = credentials(&token(
+    let (id, secret) = token_credentials(&token(
         &store,
         &["create", "--name", "ci-bot", "--duration", "30days"],
     ));
@@ -62,7 +41,8 @@ fn create_list_rotate_revoke() {
     assert!(listed.contains("ci-bot") && listed.contains(&id) && listed.contains("active"));
     assert!(!listed.contains(&secret), "list never shows secrets");
 
-    let (same_id, new_secret) = credentials(&token(&store, &["rotate", "ci-bot", "--grace", "0s"]));
+    let (same_id, new_secret) =
+        token_credentials(&token(&store, &["rotate", "ci-bot", "--grace", "0s"]));
     assert_eq!(same_id, id);
     let stored = TokenStore::open(&store).unwrap();
     assert_eq!(
