@@ -61,8 +61,13 @@ pub struct ServiceCredentials {
     pub client_secret: String,
 }
 
-/// The single value of `name`, if present.
-fn single<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, CredentialError> {
+/// The single value of `name`, if present: refused when repeated,
+/// comma-joined, empty or not visible ASCII. Also used for the relay's
+/// client-address and country headers.
+pub(crate) fn single_value<'h>(
+    headers: &'h HeaderMap,
+    name: &str,
+) -> Result<Option<&'h str>, CredentialError> {
     let mut values = headers.get_all(name).iter();
     let Some(first) = values.next() else {
         return Ok(None);
@@ -88,7 +93,7 @@ pub fn relay_token(
     headers: &HeaderMap,
     cookie_enabled: bool,
 ) -> Result<Option<(TokenSource, String)>, CredentialError> {
-    if let Some(token) = single(headers, JWT_HEADER)? {
+    if let Some(token) = single_value(headers, JWT_HEADER)? {
         return Ok(Some((TokenSource::Header, token.to_owned())));
     }
     // Any header value, even a malformed one, rules the cookie out.
@@ -125,8 +130,8 @@ pub fn service_token(
     headers: &HeaderMap,
     single_header: Option<&HeaderName>,
 ) -> Result<Option<ServiceCredentials>, CredentialError> {
-    let id = single(headers, CLIENT_ID_HEADER)?;
-    let secret = single(headers, CLIENT_SECRET_HEADER)?;
+    let id = single_value(headers, CLIENT_ID_HEADER)?;
+    let secret = single_value(headers, CLIENT_SECRET_HEADER)?;
     let pair = match (id, secret) {
         (Some(id), Some(secret)) => Some(ServiceCredentials {
             client_id: id.to_owned(),

@@ -71,7 +71,9 @@ const DROP_SUMMARY: Duration = Duration::from_secs(60);
 pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError> {
     let listen_ports = listen_ports(&config);
     let audit_config = config.http.as_ref().map(|h| h.audit.clone());
-    let queue = audit_config.as_ref().map_or(65_536, |a| a.queue);
+    let queue = audit_config
+        .as_ref()
+        .map_or(crate::config::http::DEFAULT_AUDIT_QUEUE, |a| a.queue);
     let (audit, receiver) = analytics::channel(queue);
     let jsonl = audit_config.and_then(|a| a.jsonl);
     let writer =

@@ -216,8 +216,23 @@ pub struct RawAudit {
     pub jsonl: Option<PathBuf>,
 }
 
+/// Audit events waiting for the writer at most, unless `audit.queue` says
+/// otherwise (also the queue of an XDP-only daemon).
+pub const DEFAULT_AUDIT_QUEUE: usize = 65_536;
+
 fn default_audit_queue() -> usize {
-    65_536
+    DEFAULT_AUDIT_QUEUE
+}
+
+impl Default for RawAudit {
+    /// An absent `[audit]` section means its defaults.
+    fn default() -> Self {
+        Self {
+            queue: default_audit_queue(),
+            http_overflow: analytics::Overflow::default(),
+            jsonl: None,
+        }
+    }
 }
 
 /// One `[[app]]` as written.
@@ -537,28 +552,20 @@ pub fn validate(raw: RawSections) -> Result<HttpConfig, ConfigError> {
 
     let relay = raw.relay.map(validate_relay).transpose()?;
     let sessions = raw.sessions.map(validate_sessions).transpose()?;
-    let audit = raw.audit.map_or(
-        Ok(AuditConfig {
-            queue: default_audit_queue(),
-            http_overflow: analytics::Overflow::default(),
-            jsonl: None,
-        }),
-        |audit| {
-            if audit.queue == 0 {
-                return Err(invalid("audit.queue", "must be greater than 0"));
-            }
-            if let Some(path) = &audit.jsonl
-                && !path.is_absolute()
-            {
-                return Err(invalid("audit.jsonl", "must be an absolute path"));
-            }
-            Ok(AuditConfig {
-                queue: audit.queue,
-                http_overflow: audit.http_overflow,
-                jsonl: audit.jsonl,
-            })
-        },
-    )?;
+    let audit = raw.audit.unwrap_or_default();
+    if audit.queue == 0 {
+        return Err(invalid("audit.queue", "must be greater than 0"));
+    }
+    if let Some(path) = &audit.jsonl
+        && !path.is_absolute()
+    {
+        return Err(invalid("audit.jsonl", "must be an absolute path"));
+    }
+    let audit = AuditConfig {
+        queue: audit.queue,
+        http_overflow: audit.http_overflow,
+        jsonl: audit.jsonl,
+    };
     let token_store = raw
         .tokens
         .map_or_else(default_token_store, |tokens| tokens.store);

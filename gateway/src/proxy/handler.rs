@@ -40,7 +40,7 @@ use super::{
 };
 use crate::{
     config::App,
-    credentials,
+    credentials::{self, CredentialError},
     policy::eval::{self, Effect},
 };
 
@@ -360,16 +360,11 @@ fn client_address(
     if !config.trusted_relays.iter().any(|net| net.contains(&peer)) {
         return Ok((peer, None));
     }
-    let single = |name: &HeaderName| -> Result<Option<&str>, Refusal> {
-        let mut values = headers.get_all(name).iter();
-        let first = values.next();
-        if values.next().is_some() {
-            return Err(Refusal::BadRequest("duplicate_relay_header"));
-        }
-        first
-            .map(|v| v.to_str().map(str::trim))
-            .transpose()
-            .map_err(|_| Refusal::BadRequest("bad_relay_header"))
+    let single = |name: &HeaderName| {
+        credentials::single_value(headers, name.as_str()).map_err(|e| match e {
+            CredentialError::Duplicate(_) => Refusal::BadRequest("duplicate_relay_header"),
+            _ => Refusal::BadRequest("bad_relay_header"),
+        })
     };
     let client = match single(&config.client_ip_header)? {
         None => peer,

@@ -133,16 +133,15 @@ impl Listeners {
     /// requests, at most `timeout`.
     pub async fn shutdown(&mut self, timeout: Duration) {
         let _ = self.stop.send(true);
-        let drained = futures_join(std::mem::take(&mut self.drained));
+        let receivers = std::mem::take(&mut self.drained);
+        let drained = async {
+            for receiver in receivers {
+                let _ = receiver.await;
+            }
+        };
         if tokio::time::timeout(timeout, drained).await.is_err() {
             warn!("connections still open after the drain timeout; closing them");
         }
-    }
-}
-
-async fn futures_join(receivers: Vec<tokio::sync::oneshot::Receiver<()>>) {
-    for receiver in receivers {
-        let _ = receiver.await;
     }
 }
 

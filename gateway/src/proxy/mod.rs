@@ -105,13 +105,12 @@ impl Snapshot {
     }
 }
 
-/// The service-token store, reloaded when its file changes so `gateway
-/// token` commands take effect without a restart.
+/// Notices when files change (replaced by a rename, rewritten, resized),
+/// for the reloads of certificates and the token store.
 #[derive(Debug)]
-pub struct TokenWatch {
-    path: PathBuf,
-    store: ArcSwap<TokenStore>,
-    stamp: Mutex<Option<FileStamp>>,
+pub struct FileWatch {
+    paths: Vec<PathBuf>,
+    stamps: Mutex<Vec<Option<FileStamp>>>,
 }
 
 type FileStamp = (u64, u64, std::time::SystemTime);
@@ -122,15 +121,46 @@ fn stamp(path: &Path) -> Option<FileStamp> {
     Some((meta.ino(), meta.len(), meta.modified().ok()?))
 }
 
+impl FileWatch {
+    /// Watches `paths`, taking their current state as seen.
+    pub fn new(paths: &[&Path]) -> Self {
+        Self {
+            paths: paths.iter().map(|p| p.to_path_buf()).collect(),
+            stamps: Mutex::new(paths.iter().map(|p| stamp(p)).collect()),
+        }
+    }
+
+    /// Whether any file changed since the last call (or since `new`). A
+    /// change is reported once, whether or not the caller's reload works.
+    pub fn changed(&self) -> bool {
+        let now: Vec<_> = self.paths.iter().map(|p| stamp(p)).collect();
+        let mut last = self.stamps.lock().expect("file stamp lock");
+        if *last == now {
+            return false;
+        }
+        *last = now;
+        true
+    }
+}
+
+/// The service-token store, reloaded when its file changes so `gateway
+/// token` commands take effect without a restart.
+#[derive(Debug)]
+pub struct TokenWatch {
+    path: PathBuf,
+    store: ArcSwap<TokenStore>,
+    watch: FileWatch,
+}
+
 impl TokenWatch {
     /// Loads the store (a missing file is an empty store).
     pub fn open(path: &Path) -> Result<Self, TokenError> {
-        let stamp_now = stamp(path);
+        let watch = FileWatch::new(&[path]);
         let store = TokenStore::open(path)?;
         Ok(Self {
             path: path.to_owned(),
             store: ArcSwap::from_pointee(store),
-            stamp: Mutex::new(stamp_now),
+            watch,
         })
     }
 
@@ -142,12 +172,9 @@ impl TokenWatch {
     /// Reloads when the file changed; a store that cannot be read keeps the
     /// previous one (logged).
     pub fn reload_if_changed(&self) {
-        let now = stamp(&self.path);
-        let mut last = self.stamp.lock().expect("token stamp lock");
-        if *last == now {
+        if !self.watch.changed() {
             return;
         }
-        *last = now;
         match TokenStore::open(&self.path) {
             Ok(store) => {
                 info!(

@@ -6,8 +6,7 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, Mutex},
-    time::SystemTime,
+    sync::Arc,
 };
 
 use arc_swap::ArcSwap;
@@ -49,13 +48,7 @@ pub struct ReloadingCert {
     cert_path: PathBuf,
     key_path: PathBuf,
     current: ArcSwap<CertifiedKey>,
-    stamp: Mutex<Stamp>,
-}
-
-type Stamp = (Option<SystemTime>, Option<SystemTime>);
-
-fn modified(path: &Path) -> Option<SystemTime> {
-    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+    watch: super::FileWatch,
 }
 
 fn provider() -> Arc<CryptoProvider> {
@@ -94,27 +87,24 @@ fn load(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey, TlsError> {
 impl ReloadingCert {
     /// Loads the certificate chain and key (PEM).
     pub fn load(cert_path: &Path, key_path: &Path) -> Result<Self, TlsError> {
-        let stamp = (modified(cert_path), modified(key_path));
+        let watch = super::FileWatch::new(&[cert_path, key_path]);
         let certified = load(cert_path, key_path)?;
         Ok(Self {
             cert_path: cert_path.to_owned(),
             key_path: key_path.to_owned(),
             current: ArcSwap::from_pointee(certified),
-            stamp: Mutex::new(stamp),
+            watch,
         })
     }
 
     /// Reloads if either file changed since the last load. `Ok(true)` when a
     /// new certificate is in use; on error the old one stays.
     pub fn reload_if_changed(&self) -> Result<bool, TlsError> {
-        let stamp = (modified(&self.cert_path), modified(&self.key_path));
-        let mut last = self.stamp.lock().expect("cert stamp lock");
-        if *last == stamp {
+        // A change is taken as seen even if loading fails, so a broken file
+        // is reported once, not on every check.
+        if !self.watch.changed() {
             return Ok(false);
         }
-        // Remember the stamp even on failure, so a broken file is reported
-        // once, not on every check.
-        *last = stamp;
         let certified = load(&self.cert_path, &self.key_path)?;
         self.current.store(Arc::new(certified));
         Ok(true)
