@@ -361,3 +361,57 @@ async fn refused_credentials_and_identities_never_reach_the_upstream() {
     // token made the gateway fetch anything.
     assert_eq!(h.relay.server.requests(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relays_client_address_is_believed_only_from_a_trusted_peer() {
+    let mut h = Harness::new();
+    // The test client connects from 127.0.0.1: make it a trusted relay.
+    let config = h
+        .base_config()
+        .replacen("[http]\n", "[http]\ntrusted_relays = [\"127.0.0.1/32\"]\n", 1)
+        + &h.app(
+            "wiki",
+            "app.test",
+            "/",
+            &format!("aud = \"{AUD}\""),
+            "[[app.policy]]\nname = \"office\"\naction = \"allow\"\ninclude = [{ email_domain = \"corp.example\" }]\nrequire = [{ ip = [\"203.0.113.0/24\"] }]\n",
+        );
+    h.start(&config);
+    let client = h.client(false);
+    let token = h.relay.user_token("alice@corp.example");
+    let jwt = ("cf-access-jwt-assertion", token.as_str());
+
+    let (status, headers, _) = get(
+        &client,
+        "https://app.test/",
+        &[jwt, ("cf-connecting-ip", "203.0.113.9")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(h.upstream.last().one("x-forwarded-for"), "203.0.113.9");
+    assert_eq!(
+        h.audit_event(&request_id(&headers))["client_ip"],
+        "203.0.113.9"
+    );
+
+    let before = h.upstream.count();
+    for (value, status_code, reason) in [
+        ("198.51.100.9", 403, "policy_no_match"),
+        ("203.0.113.9, 198.51.100.9", 400, "duplicate_relay_header"),
+        ("not-an-address", 400, "bad_relay_header"),
+    ] {
+        let (status, headers, body) = get(
+            &client,
+            "https://app.test/",
+            &[jwt, ("cf-connecting-ip", value)],
+        )
+        .await;
+        assert_eq!(status, status_code, "{value}: {body}");
+        assert_eq!(
+            h.audit_event(&request_id(&headers))["reason"],
+            reason,
+            "{value}"
+        );
+    }
+    assert_eq!(h.upstream.count(), before);
+}
