@@ -48,7 +48,7 @@ fn client(ca_file: Option<&Path>) -> Result<reqwest::Client, String> {
                 .map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
         }
     }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?

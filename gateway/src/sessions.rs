@@ -18,13 +18,13 @@ use std::{
     sync::{Arc, RwLock},
 };
 
-use base64::Engine as _;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use ring::{
+use aws_lc_rs::{
     digest,
     rand::SystemRandom,
     signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, KeyPair as _},
 };
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 
 use crate::{
@@ -218,12 +218,8 @@ fn load_keys(dir: &Path) -> Result<Vec<Key>, SessionError> {
 }
 
 fn key_from_pkcs8(pkcs8: &[u8], created: u64, path: PathBuf) -> Result<Key, SessionError> {
-    let pair = EcdsaKeyPair::from_pkcs8(
-        &ECDSA_P256_SHA256_FIXED_SIGNING,
-        pkcs8,
-        &SystemRandom::new(),
-    )
-    .map_err(|_| SessionError::BadKey { path: path.clone() })?;
+    let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8)
+        .map_err(|_| SessionError::BadKey { path: path.clone() })?;
     let public = pair.public_key().as_ref().to_vec();
     let hash = digest::digest(&digest::SHA256, &public);
     let kid = hash.as_ref()[..8]

@@ -15,11 +15,11 @@ use std::{
     time::Duration,
 };
 
-use base64::Engine as _;
-use ring::{
+use aws_lc_rs::{
     digest,
     rand::{SecureRandom as _, SystemRandom},
 };
+use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use subtle::ConstantTimeEq as _;
 

@@ -43,7 +43,7 @@ impl HttpsServer {
     pub fn start(reply: Reply) -> Self {
         let ca = crate::pki::TestCa::new();
         let issued = ca.issue(&["localhost", "127.0.0.1"]);
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("protocols")

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use ring::digest;
+use aws_lc_rs::digest;
 
 use super::Claims;
 

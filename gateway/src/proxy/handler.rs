@@ -487,9 +487,12 @@ fn wants_html(headers: &HeaderMap) -> bool {
 
 /// 128 random bits, hex.
 fn new_request_id() -> String {
-    use ring::rand::SecureRandom as _;
+    use aws_lc_rs::rand::SecureRandom as _;
     let mut bytes = [0u8; 16];
-    if ring::rand::SystemRandom::new().fill(&mut bytes).is_err() {
+    if aws_lc_rs::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .is_err()
+    {
         // Uniqueness, not secrecy, is what matters here.
         bytes = Event::now_us()
             .to_le_bytes()

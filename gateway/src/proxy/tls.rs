@@ -52,7 +52,7 @@ pub struct ReloadingCert {
 }
 
 fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
 fn load(cert_path: &Path, key_path: &Path) -> Result<CertifiedKey, TlsError> {
