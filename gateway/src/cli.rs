@@ -278,9 +278,11 @@ fn pin_layout(args: &PinDirArgs) -> Result<paths::PinLayout, Failure> {
     Ok(paths::PinLayout::default())
 }
 
+/// One worker thread per CPU the process may run on (its affinity mask, so
+/// `taskset` or systemd's `CPUAffinity=` size it; `TOKIO_WORKER_THREADS`
+/// overrides): more workers than CPUs only adds context switches.
 fn tokio_runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
         .enable_all()
         .build()
         .map_err(|e| runtime(&e))

@@ -12,10 +12,11 @@
 //! expired, then its file is removed.
 
 use std::{
+    collections::HashMap,
     io::Write as _,
     os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
-    sync::{Arc, RwLock},
+    sync::{Arc, Mutex, RwLock},
 };
 
 use aws_lc_rs::{
@@ -73,10 +74,21 @@ struct KeyRing {
     key_set: KeySet,
 }
 
+/// A session already signed, handed out again while it is young.
+struct Minted {
+    token: String,
+    exp: u64,
+    kid: String,
+}
+
 /// Session issuing and verification for one gateway.
 pub struct Sessions {
     config: SessionsConfig,
     ring: RwLock<Arc<KeyRing>>,
+    /// By (audience, client id): a client that sends its service-token
+    /// headers on every request, ignoring the cookie, gets the same session
+    /// until half its lifetime is gone instead of a signature each time.
+    minted: Mutex<HashMap<(String, String), Minted>>,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -111,6 +123,7 @@ impl Sessions {
         Ok(Self {
             config,
             ring: RwLock::new(Arc::new(ring)),
+            minted: Mutex::new(HashMap::new()),
         })
     }
 
@@ -137,7 +150,8 @@ impl Sessions {
     }
 
     /// Signs a session for service token `client_id` on an app whose tokens
-    /// carry `audience`. Returns the token and its expiry.
+    /// carry `audience` (or hands out the one signed for them recently).
+    /// Returns the token and its expiry.
     pub fn issue(
         &self,
         audience: &str,
@@ -146,7 +160,16 @@ impl Sessions {
     ) -> Result<(String, u64), SessionError> {
         let ring = self.ring.read().expect("session lock").clone();
         let key = &ring.keys[0];
-        let exp = now + self.config.lifetime.as_secs();
+        let lifetime = self.config.lifetime.as_secs();
+        let id = (audience.to_owned(), client_id.to_owned());
+        let mut minted = self.minted.lock().expect("session lock");
+        if let Some(m) = minted.get(&id)
+            && m.kid == key.kid
+            && m.exp > now + lifetime / 2
+        {
+            return Ok((m.token.clone(), m.exp));
+        }
+        let exp = now + lifetime;
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(key.kid.clone());
         let claims = json!({
@@ -161,6 +184,18 @@ impl Sessions {
         });
         let token =
             jsonwebtoken::encode(&header, &claims, &key.encoding).map_err(SessionError::Sign)?;
+        // Bounded by tokens × apps; forget what has expired now and then.
+        if minted.len() >= 1024 {
+            minted.retain(|_, m| m.exp > now);
+        }
+        minted.insert(
+            id,
+            Minted {
+                token: token.clone(),
+                exp,
+                kid: key.kid.clone(),
+            },
+        );
         Ok((token, exp))
     }
 
@@ -320,6 +355,20 @@ mod tests {
         let sessions = Sessions::open(config(dir.path()), now).unwrap();
         let (token, exp) = sessions.issue("app-aud", "client-1", now).unwrap();
         assert_eq!(exp, now + 100);
+        // The same session while it is young, a new one after half its life.
+        assert_eq!(
+            sessions.issue("app-aud", "client-1", now + 49).unwrap().0,
+            token
+        );
+        assert_ne!(
+            sessions.issue("app-aud", "client-1", now + 50).unwrap().0,
+            token
+        );
+        assert_ne!(
+            sessions.issue("other-aud", "client-1", now).unwrap().0,
+            token
+        );
+        assert_ne!(sessions.issue("app-aud", "client-2", now).unwrap().0, token);
         let claims = sessions.verify(&token, "app-aud").unwrap();
         assert_eq!(claims.common_name.as_deref(), Some("client-1"));
         assert!(sessions.verify(&token, "other-aud").is_err());

@@ -15,20 +15,22 @@ use gateway::paths::PinLayout;
 use crate::netns::Netns;
 
 /// Path of the gateway binary built for the tests: cargo puts it beside the
-/// `deps/` directory that holds the test executables.
+/// `deps/` directory that holds the test executables, and beside the
+/// benchmark binaries (`cargo xtask bench` builds it with them).
 pub fn gateway_bin() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
+    exe.ancestors()
+        .skip(1)
+        .take(2)
         .map(|dir| dir.join("gateway-under-test"))
-        .expect("test executable lives in target/<profile>/deps");
-    assert!(
-        bin.exists(),
-        "{} is missing: run the tests with `cargo test` or `cargo xtask test`, which build it",
-        bin.display()
-    );
-    bin
+        .find(|bin| bin.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "no gateway-under-test beside {}: run the tests with `cargo test` or \
+                 `cargo xtask test`, which build it",
+                exe.display()
+            )
+        })
 }
 
 /// (client id, secret) from the output of `gateway token create` or
@@ -134,6 +136,11 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(20));
         }
         daemon
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("daemon stopped").id()
     }
 
     /// The addresses the daemon logged as `listening`, in config order

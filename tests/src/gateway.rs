@@ -250,19 +250,26 @@ jsonl = "{audit}"
 
     /// The audit event of request `request_id`, waiting up to 5 s for it.
     pub fn audit_event(&self, request_id: &str) -> Value {
+        let events =
+            self.wait_for_audit(|events| events.iter().any(|e| e["request_id"] == request_id));
+        events
+            .into_iter()
+            .find(|e| e["request_id"] == request_id)
+            .expect("found above")
+    }
+
+    /// The audit events once `done` holds for them, waiting up to 5 s (the
+    /// writer runs behind the requests).
+    pub fn wait_for_audit(&self, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
-            if let Some(event) = self
-                .audit()
-                .into_iter()
-                .find(|e| e["request_id"] == request_id)
-            {
-                return event;
+            let events = self.audit();
+            if done(&events) {
+                return events;
             }
             assert!(
                 Instant::now() < deadline,
-                "no audit event for request {request_id}; have {:?}",
-                self.audit()
+                "the audit log never reached the expected state: {events:?}"
             );
             std::thread::sleep(Duration::from_millis(20));
         }

@@ -12,6 +12,8 @@
 //! - [`pki`]: a throwaway CA for every TLS server in the tests.
 //! - [`upstream`]: an application that records what reaches it.
 //! - [`gateway`]: the identity gateway with relay, upstream and clients.
+//! - [`nginx`]: Debian's nginx as a benchmark peer.
+//! - [`report`]: benchmark results as rows, JSON and a table.
 //!
 //! Privileged tests call [`require_root`] first: without root they fail with
 //! a message saying so, they never skip.
@@ -22,8 +24,10 @@ pub mod gateway;
 pub mod https;
 pub mod model;
 pub mod netns;
+pub mod nginx;
 pub mod packet;
 pub mod pki;
+pub mod report;
 pub mod upstream;
 
 /// Fails the test loudly unless it runs as root.

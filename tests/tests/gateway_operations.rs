@@ -69,12 +69,14 @@ async fn a_flood_of_unknown_key_ids_costs_at_most_one_fetch_per_cooldown() {
         status(&client, &h.relay.user_token("alice@corp.example")).await,
         200
     );
-    let unknown = h
-        .audit()
-        .iter()
-        .filter(|e| e["reason"] == "jwt_unknown_key")
-        .count();
-    assert_eq!(unknown, 500);
+    let unknown = |events: &[serde_json::Value]| {
+        events
+            .iter()
+            .filter(|e| e["reason"] == "jwt_unknown_key")
+            .count()
+    };
+    let events = h.wait_for_audit(|events| unknown(events) >= 500);
+    assert_eq!(unknown(&events), 500);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

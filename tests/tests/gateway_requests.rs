@@ -105,13 +105,8 @@ fn paths_are_normalized_once_and_the_upstream_sees_what_the_policy_saw() {
         assert_eq!(status(&response), 200, "{target}: {response}");
         assert_eq!(h.upstream.last().target, forwarded, "{target}");
     }
-    // Bypass decisions are recorded too.
-    let bypassed = h
-        .audit()
-        .into_iter()
-        .filter(|e| e["decision"] == "bypass")
-        .count();
-    assert!(bypassed >= 4, "{:?}", h.audit());
+    // Bypass decisions are recorded too (the writer may lag a little).
+    h.wait_for_audit(|events| events.iter().filter(|e| e["decision"] == "bypass").count() >= 4);
 }
 
 #[test]

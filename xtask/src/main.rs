@@ -30,7 +30,7 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Run a benchmark: `xdp`.
+    /// Run a benchmark: `xdp` or `gateway`.
     Bench {
         /// Which benchmark.
         name: String,

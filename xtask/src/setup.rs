@@ -33,7 +33,7 @@ const PACKAGES: &[(&str, &str)] = &[
 pub fn run() -> anyhow::Result<()> {
     nightly_rust_src()?;
     bpf_linker()?;
-    debian_packages()?;
+    debian_packages(PACKAGES)?;
     Ok(())
 }
 
@@ -143,8 +143,9 @@ fn llvm_prefix_dir(major: u32) -> anyhow::Result<PathBuf> {
     Ok(Path::new(&home).join(format!(".cache/gateway-xtask/llvm-{major}")))
 }
 
-fn debian_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = PACKAGES
+/// Installs whichever of `packages` (name, what needs it) are missing.
+pub fn debian_packages(packages: &[(&str, &str)]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .filter(|(name, _)| {
             !output(Command::new("dpkg-query").args(["-W", "-f=${Status}", name]))
@@ -155,7 +156,7 @@ fn debian_packages() -> anyhow::Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    let why: Vec<String> = PACKAGES
+    let why: Vec<String> = packages
         .iter()
         .filter(|(name, _)| missing.contains(name))
         .map(|(name, why)| format!("{name} ({why})"))

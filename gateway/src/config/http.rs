@@ -76,6 +76,9 @@ pub struct RawHttp {
     /// Certificate files are checked for changes this often, seconds.
     #[serde(default = "default_cert_reload_secs")]
     pub cert_reload_secs: u64,
+    /// Memory for tokens already verified (relay and session JWTs), MiB.
+    #[serde(default = "default_token_cache_mib")]
+    pub token_cache_mib: u64,
 }
 
 fn default_client_ip_header() -> String {
@@ -95,6 +98,9 @@ fn default_header_timeout_secs() -> u64 {
 }
 fn default_upstream_timeout_secs() -> u64 {
     60
+}
+fn default_token_cache_mib() -> u64 {
+    16
 }
 fn default_pool_idle_secs() -> u64 {
     90
@@ -363,6 +369,8 @@ pub struct HttpConfig {
     pub pool_idle: Duration,
     /// Certificate change check interval.
     pub cert_reload: Duration,
+    /// Bytes of verified tokens remembered.
+    pub token_cache_bytes: u64,
     /// The relay's token issuer, if relay tokens are accepted.
     pub relay: Option<RelayConfig>,
     /// The gateway's own sessions, if service tokens are exchanged for them.
@@ -609,6 +617,12 @@ pub fn validate(raw: RawSections) -> Result<HttpConfig, ConfigError> {
         upstream_timeout: positive("http.upstream_timeout_secs", http.upstream_timeout_secs)?,
         pool_idle: positive("http.pool_idle_secs", http.pool_idle_secs)?,
         cert_reload: positive("http.cert_reload_secs", http.cert_reload_secs)?,
+        token_cache_bytes: match http.token_cache_mib {
+            0 => return Err(invalid("http.token_cache_mib", "must be greater than 0")),
+            mib => mib
+                .checked_mul(1 << 20)
+                .ok_or_else(|| invalid("http.token_cache_mib", "is too large"))?,
+        },
         relay,
         sessions,
         token_store,

@@ -182,6 +182,9 @@ pub struct Claims {
     pub country: Option<String>,
     /// Service-token sessions: the client id.
     pub common_name: Option<String>,
+    /// The `kid` of the key that verified the token (from its header).
+    #[serde(skip)]
+    pub key_id: String,
     /// Every other claim, for claim selectors.
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
@@ -221,7 +224,8 @@ pub fn verify(token: &str, keys: &KeySet, expect: &Expectations) -> Result<Claim
     validation.leeway = expect.leeway_secs;
     let data =
         jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(JwtError::Invalid)?;
-    let claims = data.claims;
+    let mut claims = data.claims;
+    claims.key_id = kid;
     // `iat` in the future (beyond the leeway) is a forged or broken token.
     if claims.iat > crate::unix_now() + expect.leeway_secs {
         return Err(JwtError::Invalid(

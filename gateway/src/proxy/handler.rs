@@ -485,20 +485,57 @@ fn wants_html(headers: &HeaderMap) -> bool {
         .any(|v| v.contains("text/html"))
 }
 
-/// 128 random bits, hex.
+/// 128 bits, hex: a random prefix drawn once per process, then a request
+/// counter passed through a keyed bijection (so ids are unique within the
+/// process and unique across restarts with overwhelming probability, yet
+/// reveal neither the request count nor the next id). Not a secret; costs
+/// no system call.
 fn new_request_id() -> String {
-    use aws_lc_rs::rand::SecureRandom as _;
-    let mut bytes = [0u8; 16];
-    if aws_lc_rs::rand::SystemRandom::new()
-        .fill(&mut bytes)
-        .is_err()
-    {
-        // Uniqueness, not secrecy, is what matters here.
-        bytes = Event::now_us()
-            .to_le_bytes()
-            .repeat(2)
-            .try_into()
-            .unwrap_or_default();
+    use std::sync::{
+        OnceLock,
+        atomic::{AtomicU64, Ordering},
+    };
+    static SEED: OnceLock<[u64; 2]> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let [prefix, key] = *SEED.get_or_init(|| {
+        use aws_lc_rs::rand::SecureRandom as _;
+        let mut bytes = [0u8; 16];
+        if aws_lc_rs::rand::SystemRandom::new()
+            .fill(&mut bytes)
+            .is_err()
+        {
+            // Uniqueness within the process still holds.
+            bytes[..8].copy_from_slice(&Event::now_us().to_le_bytes());
+        }
+        let (a, b) = bytes.split_at(8);
+        [
+            u64::from_le_bytes(a.try_into().unwrap_or_default()),
+            u64::from_le_bytes(b.try_into().unwrap_or_default()),
+        ]
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix:016x}{:016x}", mix(n ^ key))
+}
+
+/// SplitMix64's finalizer: a bijection on u64 that scatters neighbours.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_are_unique_hex_and_share_the_process_prefix() {
+        let ids: std::collections::HashSet<String> =
+            (0..100_000).map(|_| new_request_id()).collect();
+        assert_eq!(ids.len(), 100_000);
+        let first = ids.iter().next().unwrap();
+        assert!(ids.iter().all(|id| id.len() == 32
+            && id.bytes().all(|b| b.is_ascii_hexdigit())
+            && id[..16] == first[..16]));
     }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -67,10 +67,6 @@ fn unverified_issuer(token: &str) -> Option<String> {
     serde_json::from_slice::<Iss>(&bytes).ok().map(|i| i.iss)
 }
 
-fn key_id(token: &str) -> Option<String> {
-    jsonwebtoken::decode_header(token).ok()?.kid
-}
-
 /// Verifies every credential in `headers` for `app`. `Ok(None)` when the
 /// request carries none.
 pub async fn authenticate(
@@ -89,33 +85,12 @@ pub async fn authenticate(
     let mut identity = Identity::default();
 
     if let Some((source, token)) = jwt {
-        let issuer = unverified_issuer(&token).ok_or(Refusal::BadCredentials("jwt_malformed"))?;
-        let claims: Arc<Claims> = match sessions.filter(|s| s.issuer() == issuer) {
-            Some(sessions) => {
-                let claims = sessions
-                    .verify(&token, &session_audience(app))
-                    .map_err(|e| Refusal::from(&e))?;
-                identity.method = "gateway_session";
-                Arc::new(claims)
-            }
-            None => {
-                if source == TokenSource::Cookie && !app.cookie {
-                    return Err(Refusal::BadCredentials("cookie_not_enabled"));
-                }
-                let relay = snapshot
-                    .relay
-                    .as_ref()
-                    .ok_or(Refusal::BadCredentials("jwt_wrong_issuer"))?;
-                let audience = app
-                    .aud
-                    .as_ref()
-                    .ok_or(Refusal::BadCredentials("jwt_wrong_audience"))?;
-                identity.method = match source {
-                    TokenSource::Header => "jwt",
-                    TokenSource::Cookie => "cookie",
-                };
-                verify_relay(gateway, relay, audience, &token).await?
-            }
+        let claims = verify_token(gateway, snapshot, app, source, &token, now).await?;
+        let session = sessions.is_some_and(|s| s.issuer() == claims.iss);
+        identity.method = match (session, source) {
+            (true, _) => "gateway_session",
+            (false, TokenSource::Header) => "jwt",
+            (false, TokenSource::Cookie) => "cookie",
         };
         if claims.sub.is_empty() {
             let Some(client_id) = claims.common_name.clone() else {
@@ -144,7 +119,7 @@ pub async fn authenticate(
         }
         identity.country = claims.country.clone();
         identity.issuer = Some(claims.iss.clone());
-        identity.key_id = key_id(&token);
+        identity.key_id = Some(claims.key_id.clone());
         identity.token = Some(token);
     }
 
@@ -172,33 +147,67 @@ pub async fn authenticate(
     Ok(Some(identity))
 }
 
-async fn verify_relay(
+/// The claims of a relay or session token that is valid for `app`: from
+/// the verified-token cache when it was checked before, else verified now
+/// (by the gateway's own keys when its unverified `iss` is the gateway's,
+/// otherwise by the relay's) and remembered.
+async fn verify_token(
     gateway: &Gateway,
-    relay: &super::RelayVerifier,
-    audience: &str,
+    snapshot: &Snapshot,
+    app: &App,
+    source: TokenSource,
     token: &str,
+    now: u64,
 ) -> Result<Arc<Claims>, Refusal> {
-    let now = crate::unix_now();
-    if let Some(claims) = gateway.verified.get(token, now) {
-        // Cached by token hash: the same token for another app must still
-        // name that app's audience.
-        if claims_have_audience(&claims, audience) {
+    let sessions = gateway.sessions.as_ref();
+    let cached = gateway.verified.get(token, now);
+    let issuer = match &cached {
+        Some(claims) => claims.iss.clone(),
+        None => unverified_issuer(token).ok_or(Refusal::BadCredentials("jwt_malformed"))?,
+    };
+    let audience = match sessions.filter(|s| s.issuer() == issuer) {
+        Some(_) => session_audience(app),
+        None => {
+            if source == TokenSource::Cookie && !app.cookie {
+                return Err(Refusal::BadCredentials("cookie_not_enabled"));
+            }
+            if snapshot.relay.is_none() {
+                return Err(Refusal::BadCredentials("jwt_wrong_issuer"));
+            }
+            app.aud
+                .clone()
+                .ok_or(Refusal::BadCredentials("jwt_wrong_audience"))?
+        }
+    };
+    if let Some(claims) = cached {
+        // Cached by token hash: a token verified for one app must still
+        // name this app's audience.
+        if claims_have_audience(&claims, &audience) {
             return Ok(claims);
         }
     }
-    let expect = Expectations {
-        issuer: relay.config.issuer.clone(),
-        audience: audience.to_owned(),
-        token_type: relay.config.token_type.clone(),
-        leeway_secs: relay.config.leeway_secs,
-    };
-    let claims = Arc::new(
-        relay
-            .certs
-            .verify(token, &expect)
-            .await
+    let claims = match sessions.filter(|s| s.issuer() == issuer) {
+        Some(sessions) => sessions
+            .verify(token, &audience)
             .map_err(|e| Refusal::from(&e))?,
-    );
+        None => {
+            let Some(relay) = snapshot.relay.as_ref() else {
+                return Err(Refusal::BadCredentials("jwt_wrong_issuer"));
+            };
+            let expect = Expectations {
+                issuer: relay.config.issuer.clone(),
+                audience,
+                token_type: relay.config.token_type.clone(),
+                leeway_secs: relay.config.leeway_secs,
+            };
+            relay
+                .certs
+                .verify(token, &expect)
+                .await
+                .map_err(|e| Refusal::from(&e))?
+        }
+    };
+    let claims = Arc::new(claims);
     gateway.verified.insert(token, claims.clone());
     Ok(claims)
 }

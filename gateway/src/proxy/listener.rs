@@ -206,18 +206,22 @@ async fn accept_loop(
         let builder = builder.clone();
         let tls = bound.tls.as_ref().map(|(acceptor, _)| acceptor.clone());
         let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            match tls {
-                None => {
-                    let connection = Connection {
-                        peer,
-                        local,
-                        tls: false,
-                        sni: None,
-                    };
+        // One task type per kind of listener: a task's size is that of its
+        // largest state, and plain connections need not carry TLS's.
+        match tls {
+            None => {
+                let connection = Connection {
+                    peer,
+                    local,
+                    tls: false,
+                    sni: None,
+                };
+                tokio::spawn(async move {
                     serve(&builder, watcher, TokioIo::new(stream), gateway, connection).await;
-                }
-                Some(acceptor) => {
+                });
+            }
+            Some(acceptor) => {
+                tokio::spawn(async move {
                     let stream = match tokio::time::timeout(
                         handshake_timeout,
                         acceptor.accept(stream),
@@ -246,9 +250,9 @@ async fn accept_loop(
                         sni,
                     };
                     serve(&builder, watcher, TokioIo::new(stream), gateway, connection).await;
-                }
+                });
             }
-        });
+        }
     }
     drop(bound);
     graceful.shutdown().await;
@@ -266,8 +270,15 @@ async fn serve<I>(
 {
     let connection = Arc::new(connection);
     let peer = connection.peer;
-    let service =
-        service_fn(move |request| handler::handle(gateway.clone(), connection.clone(), request));
+    // Boxed per request: hyper keeps room for one response future on every
+    // connection, idle ones included, so a box keeps that room small.
+    let service = service_fn(move |request| {
+        Box::pin(handler::handle(
+            gateway.clone(),
+            connection.clone(),
+            request,
+        ))
+    });
     let conn = builder.serve_connection_with_upgrades(io, service);
     if let Err(e) = watcher.watch(conn.into_owned()).await {
         debug!(%peer, error = %e, "connection ended with an error");

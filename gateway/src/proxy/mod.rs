@@ -212,8 +212,6 @@ impl std::fmt::Debug for Gateway {
     }
 }
 
-/// How many verified tokens are remembered.
-const VERIFIED_CAPACITY: usize = 100_000;
 /// Connecting to a local upstream should be quick.
 const UPSTREAM_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often the token store is checked for changes.
@@ -273,8 +271,8 @@ impl Server {
         let relay = config.relay.as_ref().map(|r| relay_verifier(r, None));
         let client = forward::client(config.pool_idle, UPSTREAM_CONNECT_TIMEOUT);
         let gateway = Arc::new(Gateway {
+            verified: VerifiedTokens::new(config.token_cache_bytes),
             snapshot: ArcSwap::from_pointee(Snapshot { config, relay }),
-            verified: VerifiedTokens::new(VERIFIED_CAPACITY),
             tokens,
             sessions,
             audit,

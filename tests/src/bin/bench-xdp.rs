@@ -21,9 +21,8 @@
 
 use std::{
     collections::BTreeSet,
-    io::Write as _,
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::Command,
     time::{Duration, Instant},
 };
@@ -43,6 +42,7 @@ use gateway_tests::{
     filter::{PinGuard, unique_pin_dir},
     netns::Netns,
     packet::Frame,
+    report::{Row, print_table, write_json},
 };
 use ipnet::IpNet;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
@@ -64,52 +64,6 @@ const HOST6: &str = "2001:db8::1";
 
 fn ip(s: &str) -> IpAddr {
     s.parse().expect("literal")
-}
-
-struct Row {
-    metric: String,
-    unit: &'static str,
-    ours: f64,
-    baseline: String,
-    baseline_value: f64,
-    goal: String,
-    note: String,
-}
-
-impl Row {
-    fn ratio(&self) -> f64 {
-        self.ours / self.baseline_value
-    }
-
-    fn met(&self) -> bool {
-        let ratio = self.ratio();
-        match self.goal.split_once(' ') {
-            Some(("ratio", rest)) => match rest.split_once(' ') {
-                Some(("<=", x)) => ratio <= x.parse::<f64>().unwrap_or(f64::NAN),
-                Some((">=", x)) => ratio >= x.parse::<f64>().unwrap_or(f64::NAN),
-                _ => false,
-            },
-            _ => false,
-        }
-    }
-
-    fn json(&self) -> Value {
-        json!({
-            "metric": self.metric,
-            "unit": self.unit,
-            "ours": round(self.ours),
-            "baseline": self.baseline,
-            "baseline_value": round(self.baseline_value),
-            "goal": self.goal,
-            "ratio": (self.ratio() * 1000.0).round() / 1000.0,
-            "met": self.met(),
-            "note": self.note,
-        })
-    }
-}
-
-fn round(x: f64) -> f64 {
-    (x * 10.0).round() / 10.0
 }
 
 /// Best-of-`TRIES` nanoseconds per run of `program` on `frame`, checking
@@ -761,25 +715,6 @@ fn sink_count(variant: &str, sink: &Netns, layout: &PinLayout) -> u64 {
     }
 }
 
-fn print_table(rows: &[Row]) {
-    println!(
-        "{:<52} {:>12} {:>12} {:>7} {:<14} {:<4} baseline is",
-        "metric", "ours", "baseline", "ratio", "goal", "met"
-    );
-    for row in rows {
-        println!(
-            "{:<52} {:>12.1} {:>12.1} {:>7.3} {:<14} {:<4} {}",
-            row.metric,
-            row.ours,
-            row.baseline_value,
-            row.ratio(),
-            row.goal,
-            if row.met() { "yes" } else { "NO" },
-            row.baseline
-        );
-    }
-}
-
 fn main() {
     gateway_tests::require_root();
     let out_dir = std::env::args()
@@ -801,21 +736,8 @@ fn main() {
     for note in &notes {
         println!("note: {note}");
     }
-    write_json(&out_dir, &rows, &notes);
-}
-
-fn write_json(dir: &Path, rows: &[Row], notes: &[String]) {
-    std::fs::create_dir_all(dir).expect("bench-results dir");
-    let doc = json!({
-        "rows": rows.iter().map(Row::json).collect::<Vec<_>>(),
-        "notes": notes,
-        "repeat": REPEAT,
-        "best_of": TRIES,
-        "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
-    });
-    let path = dir.join("xdp.json");
-    let mut file = std::fs::File::create(&path).expect("xdp.json");
-    file.write_all(serde_json::to_string_pretty(&doc).expect("json").as_bytes())
-        .expect("write");
-    println!("wrote {}", path.display());
+    let mut extra = serde_json::Map::new();
+    extra.insert("repeat".into(), json!(REPEAT));
+    extra.insert("best_of".into(), json!(TRIES));
+    write_json(&out_dir, "xdp", &rows, &notes, extra);
 }

@@ -1,0 +1,608 @@
+//! `cargo xtask bench gateway`: the identity gateway's throughput, latency
+//! and memory against nginx as a plain reverse proxy, measured in the same
+//! run with wrk on loopback. Writes `bench-results/gateway.json`.
+//!
+//! One upstream for every case: nginx answering 200 `ok`. wrk runs with one
+//! thread pinned to CPU 0; the proxy under test (nginx with one worker, or
+//! the real gateway binary, whose runtime then has one worker thread) and
+//! the upstream are pinned to CPU 1, so both proxies get the same core.
+//! Cases, over plain HTTP/1.1 keep-alive:
+//! (a) the upstream directly; (b) nginx proxying without any
+//! authentication; (c) the gateway with one valid relay JWT (verified once,
+//! then served from the verified-token cache); (d) the gateway with a new
+//! relay JWT on every request (tokens signed beforehand, so every request
+//! costs an RS256 signature check); (e) the gateway with service-token
+//! headers on every request. The gateway authenticates, applies the
+//! policy and writes an audit event for every request (checked at the end).
+//!
+//! Throughput is the best of three 5 s runs at 50 connections. Latency is
+//! measured with one connection (no queueing: the time a request spends in
+//! the proxy), median of three 3 s runs. Memory: the gateway's peak RSS
+//! after the load, and its RSS holding 10,000 idle keep-alive connections
+//! that have each made one request, plain and TLS. Every response must be a
+//! 200: a run with errors or other statuses fails the benchmark.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::Command,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use gateway_tests::{
+    daemon::{Daemon, token_credentials},
+    gateway::{AUD, Harness, ISSUER, Relay},
+    nginx::Nginx,
+    report::{Row, print_table, write_json},
+};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::Jwk};
+use rustls::{ClientConnection, StreamOwned, pki_types::ServerName};
+use serde_json::{Value, json};
+
+const LOAD_CPU: usize = 0;
+const SERVER_CPU: usize = 1;
+const CONNECTIONS: u32 = 50;
+const SECONDS: u32 = 5;
+const TRIES: usize = 3;
+const LATENCY_SECONDS: u32 = 3;
+const IDLE_CONNECTIONS: usize = 10_000;
+/// Tokens signed for case (d), and how long it runs: enough for 30,000
+/// signature checks a second, more than one core can do.
+const FRESH_TOKENS: usize = 60_000;
+const FRESH_SECONDS: u32 = 2;
+const HOST: &str = "app.test";
+const EMAIL: &str = "alice@corp.example";
+const MIB: f64 = 1024.0 * 1024.0;
+
+/// wrk's summary as one line of JSON (`WRK {...}`), from its `done` hook.
+const REPORT_LUA: &str = r#"
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "WRK {\"requests\":%d,\"duration_us\":%d,\"socket_errors\":%d,\"non_2xx\":%d,\"p50_us\":%d,\"p99_us\":%d}\n",
+    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
+    latency:percentile(50), latency:percentile(99)))
+end
+"#;
+
+/// Case (d): one token per request from the file given as the script
+/// argument, stopping when they run out (never reusing one).
+const FRESH_LUA: &str = r#"
+local tokens = {}
+local used = 0
+init = function(args)
+  for line in io.lines(args[1]) do tokens[#tokens + 1] = line end
+end
+request = function()
+  used = used + 1
+  if used >= #tokens then wrk.thread:stop() end
+  return wrk.format("GET", "/", { ["Host"] = "app.test",
+    ["Cf-Access-Jwt-Assertion"] = tokens[math.min(used, #tokens)] })
+end
+"#;
+
+/// One wrk run.
+#[derive(Clone, Copy, Debug)]
+struct Load {
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    requests: u64,
+}
+
+struct Wrk {
+    report: PathBuf,
+    fresh: PathBuf,
+}
+
+impl Wrk {
+    fn new(dir: &Path) -> Self {
+        let report = dir.join("report.lua");
+        let fresh = dir.join("fresh.lua");
+        std::fs::write(&report, REPORT_LUA).expect("write wrk script");
+        std::fs::write(&fresh, format!("{FRESH_LUA}\n{REPORT_LUA}")).expect("write wrk script");
+        Self { report, fresh }
+    }
+
+    /// Runs wrk against `addr` with `headers` on every request.
+    fn run(
+        &self,
+        addr: SocketAddr,
+        connections: u32,
+        seconds: u32,
+        headers: &[(&str, &str)],
+    ) -> Load {
+        self.exec(addr, connections, seconds, headers, &self.report, None)
+    }
+
+    /// Runs case (d) with the tokens in `tokens`, for less time than they
+    /// last (wrk's duration is fixed; a thread that runs out stops early
+    /// but the rate would still be counted over the whole duration).
+    fn fresh(&self, addr: SocketAddr, tokens: &Path) -> Load {
+        let load = self.exec(
+            addr,
+            CONNECTIONS,
+            FRESH_SECONDS,
+            &[],
+            &self.fresh,
+            Some(tokens),
+        );
+        assert!(
+            load.requests + u64::from(CONNECTIONS) < FRESH_TOKENS as u64,
+            "case (d) used up its {FRESH_TOKENS} tokens in {FRESH_SECONDS} s: raise FRESH_TOKENS"
+        );
+        load
+    }
+
+    fn exec(
+        &self,
+        addr: SocketAddr,
+        connections: u32,
+        seconds: u32,
+        headers: &[(&str, &str)],
+        script: &Path,
+        script_arg: Option<&Path>,
+    ) -> Load {
+        let mut cmd = Command::new("taskset");
+        cmd.args(["-c", &LOAD_CPU.to_string(), "wrk", "-t1"])
+            .arg(format!("-c{connections}"))
+            .arg(format!("-d{seconds}s"))
+            .args(["--timeout", "5s", "-s"])
+            .arg(script);
+        for (name, value) in headers {
+            cmd.arg("-H").arg(format!("{name}: {value}"));
+        }
+        cmd.arg(format!("http://{addr}/"));
+        if let Some(arg) = script_arg {
+            cmd.arg("--").arg(arg);
+        }
+        let out = cmd
+            .output()
+            .expect("cannot run wrk (`cargo xtask bench` installs it)");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "wrk failed: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let line = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("WRK "))
+            .unwrap_or_else(|| panic!("no summary from wrk: {stdout}"));
+        let v: Value = serde_json::from_str(line).expect("wrk summary is JSON");
+        let n = |k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k} in {line}"));
+        assert!(
+            n("socket_errors") == 0.0 && n("non_2xx") == 0.0,
+            "every request must succeed with 200; wrk against {addr} with {headers:?}: {stdout}"
+        );
+        Load {
+            rps: n("requests") / (n("duration_us") / 1e6),
+            p50_ms: n("p50_us") / 1e3,
+            p99_ms: n("p99_us") / 1e3,
+            requests: n("requests") as u64,
+        }
+    }
+}
+
+/// `VmRSS` / `VmHWM` of `pid`, in bytes.
+fn memory(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().strip_suffix("kB")?.trim().parse::<f64>().ok())
+        .map(|kib| kib * 1024.0)
+        .unwrap_or_else(|| panic!("no {field} for pid {pid}"))
+}
+
+/// `jsonwebtoken` decoding and checking `token` (RS256, same key and
+/// validation rules as the gateway), per second on this thread's CPU: the
+/// floor for case (d). Best of three 1 s runs.
+fn raw_verify_rate(relay: &Relay, token: &str) -> f64 {
+    let jwk: Jwk = serde_json::from_value(relay.jwk().clone()).expect("relay JWK");
+    let key = DecodingKey::from_jwk(&jwk).expect("decoding key");
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.set_issuer(&[ISSUER]);
+    validation.set_audience(&[AUD]);
+    validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud"]);
+    let mut best: f64 = 0.0;
+    for _ in 0..TRIES {
+        let start = Instant::now();
+        let mut verified = 0u64;
+        while start.elapsed() < Duration::from_secs(1) {
+            for _ in 0..100 {
+                jsonwebtoken::decode::<Value>(token, &key, &validation).expect("valid token");
+                verified += 1;
+            }
+        }
+        best = best.max(verified as f64 / start.elapsed().as_secs_f64());
+    }
+    best
+}
+
+/// `count` distinct valid relay tokens, one per line in `path`, signed on
+/// every CPU. Returns the signing rate.
+fn sign_tokens(relay: &Relay, count: usize, path: &Path) -> f64 {
+    let start = Instant::now();
+    let threads = std::thread::available_parallelism().map_or(2, usize::from);
+    let lines: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                scope.spawn(move || {
+                    (t..count)
+                        .step_by(threads)
+                        .map(|i| {
+                            let mut claims = Relay::user_claims(EMAIL);
+                            claims["sub"] = json!(format!("bench-{i}"));
+                            relay.sign(&claims)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("signing thread"))
+            .collect()
+    });
+    std::fs::write(path, lines.join("\n") + "\n").expect("write tokens");
+    count as f64 / start.elapsed().as_secs_f64()
+}
+
+fn request_bytes(token: &str) -> Vec<u8> {
+    format!("GET / HTTP/1.1\r\nHost: {HOST}\r\nCf-Access-Jwt-Assertion: {token}\r\n\r\n")
+        .into_bytes()
+}
+
+/// Sends one request on `stream` and reads its whole (small) response.
+fn one_request(stream: &mut (impl Read + Write), request: &[u8]) {
+    stream.write_all(request).expect("send");
+    stream.flush().expect("flush");
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !received.ends_with(b"\r\n\r\nok\n") {
+        let n = stream.read(&mut buf).expect("read response");
+        assert!(n > 0, "closed: {}", String::from_utf8_lossy(&received));
+        received.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        received.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&received)
+    );
+}
+
+/// Opens `IDLE_CONNECTIONS` keep-alive connections to `addr`, each making
+/// one request, and returns `pid`'s RSS while they are all open and idle.
+fn idle_rss(
+    pid: u32,
+    addr: SocketAddr,
+    request: &[u8],
+    tls: Option<Arc<rustls::ClientConfig>>,
+) -> f64 {
+    let connect = || {
+        let tcp = TcpStream::connect(addr).expect("connect");
+        tcp.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        tcp
+    };
+    let rss = match tls {
+        None => {
+            let mut held = Vec::with_capacity(IDLE_CONNECTIONS);
+            for _ in 0..IDLE_CONNECTIONS {
+                let mut tcp = connect();
+                one_request(&mut tcp, request);
+                held.push(tcp);
+            }
+            settle();
+            memory(pid, "VmRSS")
+        }
+        Some(config) => {
+            let name = ServerName::try_from(HOST).expect("server name");
+            let mut held = Vec::with_capacity(IDLE_CONNECTIONS);
+            for _ in 0..IDLE_CONNECTIONS {
+                let connection =
+                    ClientConnection::new(config.clone(), name.clone()).expect("TLS client");
+                let mut tls = StreamOwned::new(connection, connect());
+                one_request(&mut tls, request);
+                held.push(tls);
+            }
+            settle();
+            memory(pid, "VmRSS")
+        }
+    };
+    // The connections were dropped (closed) above; let the server notice.
+    settle();
+    rss
+}
+
+fn settle() {
+    std::thread::sleep(Duration::from_millis(500));
+}
+
+fn median_by_p99(mut runs: Vec<Load>) -> Load {
+    runs.sort_by(|a, b| a.p99_ms.total_cmp(&b.p99_ms));
+    runs[runs.len() / 2]
+}
+
+fn best_rps(runs: &[Load]) -> Load {
+    *runs
+        .iter()
+        .max_by(|a, b| a.rps.total_cmp(&b.rps))
+        .expect("at least one run")
+}
+
+/// Raises this process's open-file limit to its hard limit (children
+/// inherit it): 10,000 connections need more than the usual 1,024.
+fn raise_nofile() {
+    // SAFETY: getrlimit/setrlimit on a local struct.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        limit.rlim_cur = limit.rlim_max;
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
+        assert!(
+            limit.rlim_cur as usize > IDLE_CONNECTIONS + 1000,
+            "the open-file hard limit ({}) is too low for {IDLE_CONNECTIONS} connections",
+            limit.rlim_cur
+        );
+    }
+}
+
+fn main() {
+    gateway_tests::require_root();
+    let out_dir = std::env::args()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("bench-results"));
+    raise_nofile();
+    let mut notes = Vec::new();
+
+    let mut harness = Harness::new();
+    let dir = harness.dir.path().to_path_buf();
+    let tokens_file = dir.join("fresh-tokens.txt");
+    let sign_rate = sign_tokens(&harness.relay, FRESH_TOKENS, &tokens_file);
+    notes.push(format!(
+        "(d) {FRESH_TOKENS} distinct relay tokens signed beforehand ({sign_rate:.0}/s on every CPU)"
+    ));
+
+    // The upstream shares the load generator's CPU, so the proxy under test
+    // has CPU 1 to itself. Processes started from here on inherit the CPU
+    // this thread is pinned to.
+    gateway_tests::pin_thread_to_cpu(LOAD_CPU);
+    let upstream = Nginx::static_ok(&dir);
+    gateway_tests::pin_thread_to_cpu(SERVER_CPU);
+    let nginx = Nginx::proxy(&dir, upstream.addr);
+    let (client_id, secret) = token_credentials(&harness.token_cli(&["create", "--name", "bench"]));
+    let config = harness
+        .base_config()
+        // Idle connections are held open for the memory measurement.
+        .replacen("[http]\n", "[http]\nheader_timeout_secs = 120\n", 1)
+        + &format!(
+            r#"
+[[app]]
+name = "bench"
+hostname = "{HOST}"
+upstream = "http://{upstream}"
+aud = "{AUD}"
+
+[[app.policy]]
+name = "ci"
+action = "service_auth"
+include = [{{ service_token = "{client_id}" }}]
+
+[[app.policy]]
+name = "staff"
+action = "allow"
+include = [{{ email_domain = "corp.example" }}]
+"#,
+            upstream = upstream.addr
+        );
+    harness.start(&config);
+    let daemon: &Daemon = harness.daemon.as_ref().expect("started");
+    let pid = daemon.pid();
+    let gateway = harness.plain_addr();
+    let token = harness.relay.user_token(EMAIL);
+
+    let raw_rate = raw_verify_rate(&harness.relay, &token);
+
+    let wrk = Wrk::new(&dir);
+    let host = [("Host", HOST)];
+    let jwt = [("Host", HOST), ("Cf-Access-Jwt-Assertion", token.as_str())];
+    let service = [
+        ("Host", HOST),
+        ("CF-Access-Client-Id", client_id.as_str()),
+        ("CF-Access-Client-Secret", secret.as_str()),
+    ];
+    // Every request sent to the gateway, to check its audit log at the end.
+    let mut sent_to_gateway = Vec::new();
+    // Warm-up: connection pools, the token cache, the page cache.
+    wrk.run(upstream.addr, CONNECTIONS, 1, &host);
+    wrk.run(nginx.addr, CONNECTIONS, 1, &host);
+    sent_to_gateway.push(wrk.run(gateway, CONNECTIONS, 1, &jwt));
+    sent_to_gateway.push(wrk.run(gateway, CONNECTIONS, 1, &service));
+    let (mut direct, mut plain_proxy, mut cached, mut tokens) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..TRIES {
+        direct.push(wrk.run(upstream.addr, CONNECTIONS, SECONDS, &host));
+        plain_proxy.push(wrk.run(nginx.addr, CONNECTIONS, SECONDS, &host));
+        cached.push(wrk.run(gateway, CONNECTIONS, SECONDS, &jwt));
+        tokens.push(wrk.run(gateway, CONNECTIONS, SECONDS, &service));
+    }
+    let fresh = wrk.fresh(gateway, &tokens_file);
+    sent_to_gateway.extend(cached.iter().chain(&tokens).copied());
+    sent_to_gateway.push(fresh);
+    let (direct, plain_proxy, cached, tokens) = (
+        best_rps(&direct),
+        best_rps(&plain_proxy),
+        best_rps(&cached),
+        best_rps(&tokens),
+    );
+
+    let (mut direct_lat, mut nginx_lat, mut cached_lat) = (vec![], vec![], vec![]);
+    for _ in 0..TRIES {
+        direct_lat.push(wrk.run(upstream.addr, 1, LATENCY_SECONDS, &host));
+        nginx_lat.push(wrk.run(nginx.addr, 1, LATENCY_SECONDS, &host));
+        cached_lat.push(wrk.run(gateway, 1, LATENCY_SECONDS, &jwt));
+    }
+    sent_to_gateway.extend(&cached_lat);
+    let (direct_lat, nginx_lat, cached_lat) = (
+        median_by_p99(direct_lat),
+        median_by_p99(nginx_lat),
+        median_by_p99(cached_lat),
+    );
+    let peak_rss = memory(pid, "VmHWM");
+    let nginx_peak = memory(nginx.worker_pid(), "VmHWM");
+
+    // Memory with idle keep-alive connections (the bench's own work on the
+    // load CPU).
+    gateway_tests::pin_thread_to_cpu(LOAD_CPU);
+    let request = request_bytes(&token);
+    let idle_plain = idle_rss(pid, gateway, &request, None);
+    let tls_config = Arc::new(harness.ca.client_config(&[b"http/1.1"]));
+    let idle_tls = idle_rss(pid, harness.https_addr(), &request, Some(tls_config));
+    let nginx_idle = idle_rss(nginx.worker_pid(), nginx.addr, &request, None);
+
+    // Every request the gateway answered was audited: at least every
+    // response wrk counted, at most those plus the ones in flight when each
+    // run stopped.
+    let served = {
+        let d = harness.daemon.as_mut().expect("started");
+        assert!(d.stop().success(), "the gateway did not stop cleanly");
+        harness
+            .audit()
+            .iter()
+            .filter(|e| e["decision"] == "allow")
+            .count()
+    };
+    let counted: u64 =
+        sent_to_gateway.iter().map(|l| l.requests).sum::<u64>() + 2 * IDLE_CONNECTIONS as u64;
+    let in_flight = sent_to_gateway.len() as u64 * u64::from(CONNECTIONS);
+    assert!(
+        (counted..=counted + in_flight).contains(&(served as u64)),
+        "{served} allow events in the audit log for {counted} responses counted"
+    );
+    notes.push(format!(
+        "{served} allow events in the gateway's audit log, one per request served"
+    ));
+
+    let budget = |mib: f64| (format!("{mib:.0} MiB budget (issue 3)"), mib);
+    let nginx_name = "nginx 1.22 plain reverse proxy, no auth (b)".to_string();
+    let mut rows = vec![
+        Row {
+            metric: "throughput, cached relay JWT (c)".into(),
+            unit: "req/s",
+            ours: cached.rps,
+            baseline: nginx_name.clone(),
+            baseline_value: plain_proxy.rps,
+            goal: "ratio >= 1.0".into(),
+            note: format!("upstream direct (a): {:.0} req/s", direct.rps),
+        },
+        Row {
+            metric: "throughput, new relay JWT every request (d)".into(),
+            unit: "req/s",
+            ours: fresh.rps,
+            baseline: "jsonwebtoken RS256 decode+verify, one core, no proxy".into(),
+            baseline_value: raw_rate,
+            goal: "ratio >= 0.5".into(),
+            note: format!("{} requests", fresh.requests),
+        },
+        Row {
+            metric: "throughput, service-token headers every request (e)".into(),
+            unit: "req/s",
+            ours: tokens.rps,
+            baseline: nginx_name.clone(),
+            baseline_value: plain_proxy.rps,
+            goal: "ratio >= 1.0".into(),
+            note: "each request checks the secret and gets a session cookie".into(),
+        },
+    ];
+    let (added_p50, added_p99) = (
+        cached_lat.p50_ms - direct_lat.p50_ms,
+        cached_lat.p99_ms - direct_lat.p99_ms,
+    );
+    for (metric, ours, peer) in [
+        (
+            "p50 latency added over direct, cached JWT, 1 connection",
+            added_p50,
+            nginx_lat.p50_ms - direct_lat.p50_ms,
+        ),
+        (
+            "p99 latency added over direct, cached JWT, 1 connection",
+            added_p99,
+            nginx_lat.p99_ms - direct_lat.p99_ms,
+        ),
+    ] {
+        rows.push(Row {
+            metric: metric.into(),
+            unit: "ms",
+            ours,
+            baseline: "1 ms budget (issue 3)".into(),
+            baseline_value: 1.0,
+            goal: "ratio <= 1.0".into(),
+            note: format!("nginx adds {peer:.3} ms"),
+        });
+    }
+    for (metric, ours, peer) in [
+        (
+            "peak RSS after all load cases",
+            peak_rss,
+            format!("nginx worker peak {:.1} MiB", nginx_peak / MIB),
+        ),
+        (
+            "RSS with 10k idle keep-alive connections (plain HTTP)",
+            idle_plain,
+            format!("nginx worker {:.1} MiB", nginx_idle / MIB),
+        ),
+        (
+            "RSS with 10k idle keep-alive connections (TLS)",
+            idle_tls,
+            String::new(),
+        ),
+    ] {
+        let (baseline, value) = budget(64.0);
+        rows.push(Row {
+            metric: metric.into(),
+            unit: "MiB",
+            ours: ours / MIB,
+            baseline,
+            baseline_value: value,
+            goal: "ratio <= 1.0".into(),
+            note: peer,
+        });
+    }
+    for (name, load) in [
+        ("(a) upstream direct", direct),
+        ("(b) nginx proxy", plain_proxy),
+        ("(c) gateway, cached JWT", cached),
+        ("(d) gateway, new JWT each request", fresh),
+        ("(e) gateway, service token", tokens),
+    ] {
+        notes.push(format!(
+            "{name}: {:.0} req/s, p50 {:.3} ms, p99 {:.3} ms at {CONNECTIONS} connections",
+            load.rps, load.p50_ms, load.p99_ms
+        ));
+    }
+    for (name, load) in [("(a)", direct_lat), ("(b)", nginx_lat), ("(c)", cached_lat)] {
+        notes.push(format!(
+            "{name} one connection: p50 {:.3} ms, p99 {:.3} ms",
+            load.p50_ms, load.p99_ms
+        ));
+    }
+    notes.push(format!(
+        "raw RS256 verification: {raw_rate:.0}/s on one core"
+    ));
+
+    print_table(&rows);
+    for note in &notes {
+        println!("note: {note}");
+    }
+    let mut extra = serde_json::Map::new();
+    extra.insert("connections".into(), json!(CONNECTIONS));
+    extra.insert("seconds".into(), json!(SECONDS));
+    extra.insert("best_of".into(), json!(TRIES));
+    write_json(&out_dir, "gateway", &rows, &notes, extra);
+    drop(nginx);
+    drop(upstream);
+}
