@@ -89,7 +89,10 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
     let audit_task = tokio::spawn(analytics::jsonl::drain(receiver, writer));
 
     let server = match config.http {
-        Some(http) => Some(Server::start(http, audit.clone()).await?),
+        Some(http) => {
+            raise_open_file_limit();
+            Some(Server::start(http, audit.clone()).await?)
+        }
         None => None,
     };
     if let Some(server) = &server {
@@ -357,4 +360,27 @@ async fn reload(
     }
     info!("configuration reloaded");
     Ok(())
+}
+
+/// Lifts the soft open-file limit to the hard one: every client connection
+/// is a descriptor, and the usual soft limit of 1,024 would refuse
+/// connections long before memory runs out (systemd's hard default is
+/// 524,288).
+fn raise_open_file_limit() {
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    let raised = unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        limit.rlim_cur = limit.rlim_max;
+        (libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0).then_some(limit.rlim_cur)
+    };
+    match raised {
+        Some(limit) => info!(limit, "open-file limit"),
+        None => warn!(
+            error = %std::io::Error::last_os_error(),
+            "cannot raise the open-file limit"
+        ),
+    }
 }

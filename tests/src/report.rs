@@ -3,7 +3,10 @@
 //! `met` and a note), written to `bench-results/NAME.json` and printed as a
 //! table, so every benchmark reads the same way.
 
-use std::{io::Write as _, path::Path};
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+};
 
 use serde_json::{Map, Value, json};
 
@@ -70,8 +73,24 @@ fn round(x: f64) -> f64 {
     }
 }
 
-/// Prints `rows` as a table.
-pub fn print_table(rows: &[Row]) {
+/// Where results go: the benchmark's first argument, else `bench-results`.
+pub fn out_dir() -> PathBuf {
+    std::env::args()
+        .nth(1)
+        .map_or_else(|| PathBuf::from("bench-results"), PathBuf::from)
+}
+
+/// Prints `rows` as a table and the notes, then writes them with `extra`
+/// fields to `dir/NAME.json`.
+pub fn publish(dir: &Path, name: &str, rows: &[Row], notes: &[String], extra: Map<String, Value>) {
+    print_table(rows);
+    for note in notes {
+        println!("note: {note}");
+    }
+    write_json(dir, name, rows, notes, extra);
+}
+
+fn print_table(rows: &[Row]) {
     println!(
         "{:<60} {:>12} {:>12} {:>7} {:<14} {:<4} baseline is",
         "metric", "ours", "baseline", "ratio", "goal", "met"
@@ -90,14 +109,7 @@ pub fn print_table(rows: &[Row]) {
     }
 }
 
-/// Writes `dir/NAME.json` with the rows, the notes and `extra` fields.
-pub fn write_json(
-    dir: &Path,
-    name: &str,
-    rows: &[Row],
-    notes: &[String],
-    extra: Map<String, Value>,
-) {
+fn write_json(dir: &Path, name: &str, rows: &[Row], notes: &[String], extra: Map<String, Value>) {
     std::fs::create_dir_all(dir).expect("bench-results dir");
     let mut doc = extra;
     doc.insert("rows".into(), rows.iter().map(Row::json).collect());

@@ -35,7 +35,7 @@ use gateway_tests::{
     daemon::{Daemon, token_credentials},
     gateway::{AUD, Harness, ISSUER, Relay},
     nginx::Nginx,
-    report::{Row, print_table, write_json},
+    report::{self, Row, publish},
 };
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::Jwk};
 use rustls::{ClientConnection, StreamOwned, pki_types::ServerName};
@@ -353,10 +353,6 @@ fn raise_nofile() {
 
 fn main() {
     gateway_tests::require_root();
-    let out_dir = std::env::args()
-        .nth(1)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("bench-results"));
     raise_nofile();
     let mut notes = Vec::new();
 
@@ -594,15 +590,11 @@ include = [{{ email_domain = "corp.example" }}]
         "raw RS256 verification: {raw_rate:.0}/s on one core"
     ));
 
-    print_table(&rows);
-    for note in &notes {
-        println!("note: {note}");
-    }
     let mut extra = serde_json::Map::new();
     extra.insert("connections".into(), json!(CONNECTIONS));
     extra.insert("seconds".into(), json!(SECONDS));
     extra.insert("best_of".into(), json!(TRIES));
-    write_json(&out_dir, "gateway", &rows, &notes, extra);
+    publish(&report::out_dir(), "gateway", &rows, &notes, extra);
     drop(nginx);
     drop(upstream);
 }

@@ -42,7 +42,7 @@ use gateway_tests::{
     filter::{PinGuard, unique_pin_dir},
     netns::Netns,
     packet::Frame,
-    report::{Row, print_table, write_json},
+    report::{self, Row, publish},
 };
 use ipnet::IpNet;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
@@ -717,10 +717,6 @@ fn sink_count(variant: &str, sink: &Netns, layout: &PinLayout) -> u64 {
 
 fn main() {
     gateway_tests::require_root();
-    let out_dir = std::env::args()
-        .nth(1)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("bench-results"));
     let jit = std::fs::read_to_string("/proc/sys/net/core/bpf_jit_enable").unwrap_or_default();
     assert_eq!(
         jit.trim(),
@@ -732,12 +728,8 @@ fn main() {
     let mut notes = Vec::new();
     micro(&mut rows, &mut notes);
     flood(&mut rows, &mut notes);
-    print_table(&rows);
-    for note in &notes {
-        println!("note: {note}");
-    }
     let mut extra = serde_json::Map::new();
     extra.insert("repeat".into(), json!(REPEAT));
     extra.insert("best_of".into(), json!(TRIES));
-    write_json(&out_dir, "xdp", &rows, &notes, extra);
+    publish(&report::out_dir(), "xdp", &rows, &notes, extra);
 }
