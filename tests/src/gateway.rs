@@ -13,7 +13,7 @@ use std::{
 };
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use rustls::{ClientConnection, StreamOwned, pki_types::ServerName};
+use rustls::{ClientConnection, pki_types::ServerName};
 use serde_json::{Value, json};
 
 use crate::{
@@ -219,20 +219,23 @@ jsonl = "{audit}"
     pub fn raw(&self, sni: &str, request: &[u8]) -> String {
         let config = Arc::new(self.ca.client_config(&[b"http/1.1"]));
         let name = ServerName::try_from(sni.to_owned()).expect("server name");
-        let connection = ClientConnection::new(config, name).expect("client connection");
-        let tcp = TcpStream::connect(self.https_addr()).expect("connect");
+        let mut tls = ClientConnection::new(config, name).expect("client connection");
+        let mut tcp = TcpStream::connect(self.https_addr()).expect("connect");
         tcp.set_read_timeout(Some(Duration::from_secs(3)))
             .expect("timeout");
-        let mut tls = StreamOwned::new(connection, tcp);
         // The gateway may answer and close before a malformed request is
-        // fully sent (a broken pipe then): what it answered is still read.
-        let _ = tls.write_all(request).and_then(|()| tls.flush());
+        // fully sent (a broken pipe then). What it answered is still read,
+        // from the socket directly: reading through `rustls::Stream` would
+        // first try to send the rest and fail again.
+        let mut stream = rustls::Stream::new(&mut tls, &mut tcp);
+        let _ = stream.write_all(request).and_then(|()| stream.flush());
         let mut received = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            match tls.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => received.extend_from_slice(&buf[..n]),
+        while let Ok(n) = tls.read_tls(&mut tcp) {
+            let state = tls.process_new_packets();
+            // Stops at "no more for now" (WouldBlock) or the end.
+            let _ = tls.reader().read_to_end(&mut received);
+            if n == 0 || state.is_err() {
+                break;
             }
         }
         String::from_utf8_lossy(&received).into_owned()
