@@ -90,7 +90,10 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
 
     let server = match config.http {
         Some(http) => {
-            raise_open_file_limit();
+            match raise_open_file_limit() {
+                Ok(limit) => info!(limit, "open-file limit"),
+                Err(e) => warn!(error = %e, "cannot raise the open-file limit"),
+            }
             Some(Server::start(http, audit.clone()).await?)
         }
         None => None,
@@ -362,25 +365,21 @@ async fn reload(
     Ok(())
 }
 
-/// Lifts the soft open-file limit to the hard one: every client connection
-/// is a descriptor, and the usual soft limit of 1,024 would refuse
-/// connections long before memory runs out (systemd's hard default is
-/// 524,288).
-fn raise_open_file_limit() {
+/// Lifts the soft open-file limit to the hard one and returns it: every
+/// client connection is a descriptor, and the usual soft limit of 1,024
+/// would refuse connections long before memory runs out (systemd's hard
+/// default is 524,288).
+pub fn raise_open_file_limit() -> std::io::Result<u64> {
     // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
-    let raised = unsafe {
+    unsafe {
         let mut limit: libc::rlimit = std::mem::zeroed();
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
-            return;
+            return Err(std::io::Error::last_os_error());
         }
         limit.rlim_cur = limit.rlim_max;
-        (libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0).then_some(limit.rlim_cur)
-    };
-    match raised {
-        Some(limit) => info!(limit, "open-file limit"),
-        None => warn!(
-            error = %std::io::Error::last_os_error(),
-            "cannot raise the open-file limit"
-        ),
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(limit.rlim_cur)
     }
 }

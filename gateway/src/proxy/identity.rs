@@ -159,13 +159,19 @@ async fn verify_token(
     token: &str,
     now: u64,
 ) -> Result<Arc<Claims>, Refusal> {
-    let sessions = gateway.sessions.as_ref();
     let cached = gateway.verified.get(token, now);
+    let unverified;
     let issuer = match &cached {
-        Some(claims) => claims.iss.clone(),
-        None => unverified_issuer(token).ok_or(Refusal::BadCredentials("jwt_malformed"))?,
+        Some(claims) => &claims.iss,
+        None => {
+            unverified =
+                unverified_issuer(token).ok_or(Refusal::BadCredentials("jwt_malformed"))?;
+            &unverified
+        }
     };
-    let audience = match sessions.filter(|s| s.issuer() == issuer) {
+    // The gateway's own sessions, when the token names the gateway.
+    let sessions = gateway.sessions.as_ref().filter(|s| s.issuer() == issuer);
+    let audience = match sessions {
         Some(_) => session_audience(app),
         None => {
             if source == TokenSource::Cookie && !app.cookie {
@@ -186,7 +192,7 @@ async fn verify_token(
             return Ok(claims);
         }
     }
-    let claims = match sessions.filter(|s| s.issuer() == issuer) {
+    let claims = match sessions {
         Some(sessions) => sessions
             .verify(token, &audience)
             .map_err(|e| Refusal::from(&e))?,

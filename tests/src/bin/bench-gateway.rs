@@ -274,8 +274,9 @@ fn one_request(stream: &mut (impl Read + Write), request: &[u8]) {
     );
 }
 
-/// Opens `IDLE_CONNECTIONS` keep-alive connections to `addr`, each making
-/// one request, and returns `pid`'s RSS while they are all open and idle.
+/// Opens `IDLE_CONNECTIONS` keep-alive connections to `addr` (TLS when
+/// `tls` is given), each making one request, and returns `pid`'s RSS while
+/// they are all open and idle.
 fn idle_rss(
     pid: u32,
     addr: SocketAddr,
@@ -289,33 +290,32 @@ fn idle_rss(
         tcp
     };
     let rss = match tls {
-        None => {
-            let mut held = Vec::with_capacity(IDLE_CONNECTIONS);
-            for _ in 0..IDLE_CONNECTIONS {
-                let mut tcp = connect();
-                one_request(&mut tcp, request);
-                held.push(tcp);
-            }
-            settle();
-            memory(pid, "VmRSS")
-        }
+        None => hold_idle(pid, request, connect),
         Some(config) => {
             let name = ServerName::try_from(HOST).expect("server name");
-            let mut held = Vec::with_capacity(IDLE_CONNECTIONS);
-            for _ in 0..IDLE_CONNECTIONS {
+            hold_idle(pid, request, || {
                 let connection =
                     ClientConnection::new(config.clone(), name.clone()).expect("TLS client");
-                let mut tls = StreamOwned::new(connection, connect());
-                one_request(&mut tls, request);
-                held.push(tls);
-            }
-            settle();
-            memory(pid, "VmRSS")
+                StreamOwned::new(connection, connect())
+            })
         }
     };
     // The connections were dropped (closed) above; let the server notice.
     settle();
     rss
+}
+
+/// Holds `IDLE_CONNECTIONS` streams from `open`, each after one request,
+/// and reads `pid`'s RSS while they are idle.
+fn hold_idle<S: Read + Write>(pid: u32, request: &[u8], mut open: impl FnMut() -> S) -> f64 {
+    let mut held = Vec::with_capacity(IDLE_CONNECTIONS);
+    for _ in 0..IDLE_CONNECTIONS {
+        let mut stream = open();
+        one_request(&mut stream, request);
+        held.push(stream);
+    }
+    settle();
+    memory(pid, "VmRSS")
 }
 
 fn settle() {
@@ -334,26 +334,14 @@ fn best_rps(runs: &[Load]) -> Load {
         .expect("at least one run")
 }
 
-/// Raises this process's open-file limit to its hard limit (children
-/// inherit it): 10,000 connections need more than the usual 1,024.
-fn raise_nofile() {
-    // SAFETY: getrlimit/setrlimit on a local struct.
-    unsafe {
-        let mut limit: libc::rlimit = std::mem::zeroed();
-        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
-        limit.rlim_cur = limit.rlim_max;
-        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &limit), 0);
-        assert!(
-            limit.rlim_cur as usize > IDLE_CONNECTIONS + 1000,
-            "the open-file hard limit ({}) is too low for {IDLE_CONNECTIONS} connections",
-            limit.rlim_cur
-        );
-    }
-}
-
 fn main() {
     gateway_tests::require_root();
-    raise_nofile();
+    // 10,000 client connections need more than the usual 1,024 descriptors.
+    let limit = gateway::daemon::raise_open_file_limit().expect("raise the open-file limit");
+    assert!(
+        limit > IDLE_CONNECTIONS as u64 + 1000,
+        "the open-file hard limit ({limit}) is too low for {IDLE_CONNECTIONS} connections"
+    );
     let mut notes = Vec::new();
 
     let mut harness = Harness::new();
