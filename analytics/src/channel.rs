@@ -132,6 +132,33 @@ impl AuditReceiver {
         event.or_else(|| self.take_lost())
     }
 
+    /// Appends up to `limit` events to `buffer`, waiting only if none is
+    /// ready; returns how many (0 once every sender is gone and the channel
+    /// is drained). Losses are reported as in [`recv`](Self::recv).
+    pub async fn recv_many(&mut self, buffer: &mut Vec<Event>, limit: usize) -> usize {
+        let limit = limit.max(1);
+        let Some(lost) = self.take_lost() else {
+            let received = self.rx.recv_many(buffer, limit).await;
+            return match received {
+                0 => self.take_lost().map_or(0, |e| {
+                    buffer.push(e);
+                    1
+                }),
+                n => n,
+            };
+        };
+        buffer.push(lost);
+        let mut received = 1;
+        while received < limit {
+            match self.rx.try_recv() {
+                Ok(event) => buffer.push(event),
+                Err(_) => break,
+            }
+            received += 1;
+        }
+        received
+    }
+
     fn take_lost(&mut self) -> Option<Event> {
         let lost = self.lost.swap(0, Ordering::Relaxed);
         (lost > 0).then(|| Event {
@@ -179,5 +206,23 @@ mod tests {
         assert_eq!(rx.recv().await.unwrap().packets, Some(1));
         drop(tx);
         assert_eq!(rx.recv().await, None);
+    }
+
+    #[tokio::test]
+    async fn recv_many_takes_what_is_ready_and_reports_losses_first() {
+        let (tx, mut rx) = channel(3);
+        for reason in ["a", "b", "c"] {
+            tx.send(event(reason), Overflow::FailClosed).unwrap();
+        }
+        tx.send(event("lost"), Overflow::CountAndDrop).unwrap();
+        let mut buffer = Vec::new();
+        assert_eq!(rx.recv_many(&mut buffer, 2).await, 2);
+        assert_eq!(buffer[0].reason, "audit_overflow");
+        assert_eq!(buffer[1].reason, "a");
+        assert_eq!(rx.recv_many(&mut buffer, 10).await, 2);
+        drop(tx);
+        assert_eq!(rx.recv_many(&mut buffer, 10).await, 0);
+        let reasons: Vec<&str> = buffer.iter().map(|e| e.reason.as_str()).collect();
+        assert_eq!(reasons, ["audit_overflow", "a", "b", "c"]);
     }
 }

@@ -20,6 +20,16 @@ pub enum Layer {
     Http,
 }
 
+impl Layer {
+    /// The lowercase name used in logs and tables.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Layer::Xdp => "xdp",
+            Layer::Http => "http",
+        }
+    }
+}
+
 /// What was decided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -82,8 +92,9 @@ pub struct Event {
     pub protocol: Option<String>,
     /// HTTP method.
     pub method: Option<String>,
-    /// Normalized host.
-    pub host: Option<String>,
+    /// The request's normalized host name (`host`, the column, is the
+    /// machine that decided).
+    pub hostname: Option<String>,
     /// Normalized path (the one policies saw and the upstream got).
     pub path: Option<String>,
     /// HTTP status sent to the client.
@@ -100,8 +111,11 @@ pub struct Event {
     pub key_id: Option<String>,
     /// XDP: destination port of the dropped packets.
     pub dst_port: Option<u16>,
-    /// XDP: packets over the record's interval.
+    /// XDP: packets over the record's interval; `audit_overflow`: events
+    /// lost.
     pub packets: Option<u64>,
+    /// XDP: time from the record's first packet to its last, microseconds.
+    pub interval_us: Option<u64>,
 }
 
 impl Event {

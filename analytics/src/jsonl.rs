@@ -1,20 +1,25 @@
-//! A JSON-lines file of events: one object per line, appended, flushed
-//! whenever the queue runs empty. Handy for `tail -f` and `jq`; the same
-//! field names as the columnar logs.
+//! A JSON-lines copy of the events: one object per line, appended, flushed
+//! whenever the queue runs empty. Handy for `tail -f` and `jq`; the field
+//! names are the column names (with `time_us` for `event_time`).
 
 use std::{
     fs::{File, OpenOptions},
     io::{BufWriter, Write as _},
     os::unix::fs::OpenOptionsExt as _,
-    path::Path,
+    path::{Path, PathBuf},
 };
 
-use crate::channel::AuditReceiver;
+use tracing::warn;
+
+use crate::Event;
 
 /// An open JSON-lines file.
 #[derive(Debug)]
 pub struct JsonLines {
+    path: PathBuf,
     out: BufWriter<File>,
+    /// The last error reported, so a full disk is logged once, not per line.
+    failing: Option<std::io::ErrorKind>,
 }
 
 impl JsonLines {
@@ -29,38 +34,35 @@ impl JsonLines {
             .mode(0o640)
             .open(path)?;
         Ok(Self {
+            path: path.to_owned(),
             out: BufWriter::new(file),
+            failing: None,
         })
     }
 
-    fn write(&mut self, event: &crate::Event) -> std::io::Result<()> {
-        serde_json::to_writer(&mut self.out, event)?;
-        self.out.write_all(b"\n")
+    /// Appends one event. A failure is logged (once until the file works
+    /// again), never returned: this copy must not hold up the store.
+    pub fn write(&mut self, event: &Event) {
+        let result = serde_json::to_writer(&mut self.out, event)
+            .map_err(std::io::Error::from)
+            .and_then(|()| self.out.write_all(b"\n"));
+        self.outcome(result);
     }
-}
 
-/// Takes events until every sender is gone, writing them to `file` if
-/// given. A write error does not stop the draining (the queue must not back
-/// up into the request path); the last error is returned at the end.
-pub async fn drain(
-    mut receiver: AuditReceiver,
-    mut file: Option<JsonLines>,
-) -> std::io::Result<()> {
-    let mut last_error = None;
-    while let Some(event) = receiver.recv().await {
-        if let Some(file) = &mut file {
-            if let Err(e) = file.write(&event) {
-                last_error = Some(e);
+    /// Writes buffered lines out.
+    pub fn flush(&mut self) {
+        let result = self.out.flush();
+        self.outcome(result);
+    }
+
+    fn outcome(&mut self, result: std::io::Result<()>) {
+        match result {
+            Ok(()) => self.failing = None,
+            Err(e) if self.failing != Some(e.kind()) => {
+                warn!(path = %self.path.display(), error = %e, "cannot write the JSON-lines audit copy");
+                self.failing = Some(e.kind());
             }
-            if receiver.backlog() == 0
-                && let Err(e) = file.out.flush()
-            {
-                last_error = Some(e);
-            }
+            Err(_) => {}
         }
     }
-    if let Some(file) = &mut file {
-        file.out.flush()?;
-    }
-    last_error.map_or(Ok(()), Err)
 }

@@ -21,7 +21,9 @@ use std::{
     time::Duration,
 };
 
-use analytics::{AuditSender, Event, Layer, Overflow};
+use analytics::{
+    AuditSender, AuditStore, AuditWriter, Event, Layer, Overflow, Sinks, jsonl::JsonLines,
+};
 use tokio::{
     signal::unix::{SignalKind, signal},
     time::{Instant, Interval, MissedTickBehavior},
@@ -29,7 +31,7 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
-    config::{Config, ConfigError, XdpConfig},
+    config::{AuditConfig, Config, ConfigError, XdpConfig},
     error_chain,
     paths::PinLayout,
     proxy::{self, Server},
@@ -48,7 +50,13 @@ pub enum DaemonError {
     /// A range source could not be read at start-up.
     #[error("cannot read the initial range lists")]
     Sources(#[source] xdp::sources::SourceError),
-    /// The audit file could not be opened.
+    /// The audit log could not be opened or recovered.
+    #[error("cannot open the audit log")]
+    AuditStore(#[source] analytics::StoreError),
+    /// The audit writer thread could not be started.
+    #[error("cannot start the audit writer")]
+    AuditWriter(#[source] std::io::Error),
+    /// The JSON-lines audit copy could not be opened.
     #[error("cannot open the audit file {path}")]
     Audit {
         /// The file.
@@ -62,6 +70,9 @@ pub enum DaemonError {
     Signals(#[source] std::io::Error),
 }
 
+/// How long shutdown waits for the audit writer to flush.
+const AUDIT_FINISH: Duration = Duration::from_secs(30);
+
 /// How often the drop-record ring is drained.
 const DROP_POLL: Duration = Duration::from_millis(250);
 /// How often a summary of drops is logged.
@@ -70,23 +81,8 @@ const DROP_SUMMARY: Duration = Duration::from_secs(60);
 /// Runs until SIGINT or SIGTERM. `config_path` is re-read on SIGHUP.
 pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError> {
     let listen_ports = listen_ports(&config);
-    let audit_config = config.http.as_ref().map(|h| h.audit.clone());
-    let queue = audit_config
-        .as_ref()
-        .map_or(crate::config::http::DEFAULT_AUDIT_QUEUE, |a| a.queue);
-    let (audit, receiver) = analytics::channel(queue);
-    let jsonl = audit_config.and_then(|a| a.jsonl);
-    let writer =
-        match &jsonl {
-            Some(path) => Some(analytics::jsonl::JsonLines::open(path).map_err(|source| {
-                DaemonError::Audit {
-                    path: path.clone(),
-                    source,
-                }
-            })?),
-            None => None,
-        };
-    let audit_task = tokio::spawn(analytics::jsonl::drain(receiver, writer));
+    let (audit, receiver) = analytics::channel(config.audit.queue);
+    let audit_writer = start_audit(&config.audit, receiver)?;
 
     let server = match config.http {
         Some(http) => {
@@ -137,11 +133,55 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
     if xdp.take().is_some() {
         info!("the XDP filter stays attached and enforcing");
     }
-    // Every sender is gone: the writer drains what is queued and returns.
-    if let Err(e) = audit_task.await.unwrap_or(Ok(())) {
-        warn!(error = %e, "audit file write failed at shutdown");
+    // Every sender is gone: the writer drains what is queued, rolls it into
+    // Parquet and returns.
+    match audit_writer.finish(AUDIT_FINISH).await {
+        Ok(()) => info!("audit log flushed"),
+        Err(e) => warn!(
+            error = %error_chain(&e),
+            "audit log not flushed; synced events are recovered at the next start"
+        ),
     }
     Ok(())
+}
+
+/// Opens the audit store (recovering what a crash left), the JSON-lines
+/// copy if configured, and starts the writer thread.
+fn start_audit(
+    config: &AuditConfig,
+    receiver: analytics::AuditReceiver,
+) -> Result<AuditWriter, DaemonError> {
+    let (store, recovery) =
+        AuditStore::open(config.store.clone()).map_err(DaemonError::AuditStore)?;
+    if recovery != analytics::Recovery::default() {
+        info!(
+            segments = recovery.segments,
+            events = recovery.events,
+            torn = recovery.torn,
+            temporaries = recovery.temporaries,
+            "audit log recovered what the last run left"
+        );
+    }
+    for path in &recovery.damaged {
+        warn!(path = %path.display(), "unreadable audit segment set aside");
+    }
+    let jsonl = config
+        .jsonl
+        .as_ref()
+        .map(|path| {
+            JsonLines::open(path).map_err(|source| DaemonError::Audit {
+                path: path.clone(),
+                source,
+            })
+        })
+        .transpose()?;
+    info!(dir = %config.store.dir.display(), host = %config.store.host, "audit log");
+    let sinks = Sinks {
+        store: Some(store),
+        jsonl,
+    };
+    analytics::writer::spawn(sinks, receiver, config.sync_interval)
+        .map_err(DaemonError::AuditWriter)
 }
 
 /// The XDP side of the running daemon.
@@ -229,6 +269,7 @@ impl XdpService {
                 dst_port: Some(record.dst_port),
                 packets: Some(record.packets),
                 bytes: Some(record.bytes),
+                interval_us: Some(record.span_us),
                 ..Event::default()
             };
             let _ = self.audit.send(event, Overflow::CountAndDrop);

@@ -153,6 +153,7 @@ lifetime_secs = 600
 store = "{store}"
 
 [audit]
+dir = "{audit_dir}"
 jsonl = "{audit}"
 "#,
             cert = p("cert.pem"),
@@ -162,6 +163,7 @@ jsonl = "{audit}"
             keys = p("keys"),
             store = p("tokens.json"),
             audit = p("audit.jsonl"),
+            audit_dir = p("audit"),
         )
     }
 

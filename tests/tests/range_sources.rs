@@ -173,9 +173,10 @@ fn sighup_applies_a_changed_range_file() {
     let mut file = std::fs::File::create(&config).unwrap();
     write!(
         file,
-        "[xdp]\ninterfaces = [\"eth0\"]\nprotected_ports = [443]\npin_dir = \"{}\"\n[[xdp.relay]]\nfile = \"{}\"\n",
+        "[xdp]\ninterfaces = [\"eth0\"]\nprotected_ports = [443]\npin_dir = \"{}\"\n[[xdp.relay]]\nfile = \"{}\"\n[audit]\ndir = \"{}\"\n",
         layout.root().display(),
-        list.display()
+        list.display(),
+        dir.path().join("audit").display(),
     )
     .unwrap();
     let _listener = topology

@@ -87,8 +87,12 @@ pin_dir = "{pin}"
 {extra}
 [[xdp.relay]]
 cidrs = ["{RELAY4}/32", "{RELAY6}/128"]
+
+[audit]
+dir = "{audit}"
 "#,
-            pin = self.layout.root().display()
+            pin = self.layout.root().display(),
+            audit = self.dir.path().join("audit").display(),
         )
         .unwrap();
         path

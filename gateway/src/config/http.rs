@@ -208,39 +208,6 @@ fn default_token_store() -> PathBuf {
     PathBuf::from(paths::DEFAULT_TOKEN_STORE)
 }
 
-/// `[audit]` as written.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawAudit {
-    /// Events waiting for the writer at most.
-    #[serde(default = "default_audit_queue")]
-    pub queue: usize,
-    /// What a full queue does to HTTP decisions.
-    #[serde(default)]
-    pub http_overflow: analytics::Overflow,
-    /// A JSON-lines file every event is appended to.
-    pub jsonl: Option<PathBuf>,
-}
-
-/// Audit events waiting for the writer at most, unless `audit.queue` says
-/// otherwise (also the queue of an XDP-only daemon).
-pub const DEFAULT_AUDIT_QUEUE: usize = 65_536;
-
-fn default_audit_queue() -> usize {
-    DEFAULT_AUDIT_QUEUE
-}
-
-impl Default for RawAudit {
-    /// An absent `[audit]` section means its defaults.
-    fn default() -> Self {
-        Self {
-            queue: default_audit_queue(),
-            http_overflow: analytics::Overflow::default(),
-            jsonl: None,
-        }
-    }
-}
-
 /// One `[[app]]` as written.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -377,8 +344,8 @@ pub struct HttpConfig {
     pub sessions: Option<SessionsConfig>,
     /// The service-token store.
     pub token_store: PathBuf,
-    /// Audit hand-off.
-    pub audit: AuditConfig,
+    /// What a full audit queue does to HTTP decisions.
+    pub audit_overflow: analytics::Overflow,
     /// Applications, in configured order.
     pub apps: Vec<App>,
 }
@@ -426,17 +393,6 @@ pub struct SessionsConfig {
     pub key_rotation: Duration,
 }
 
-/// The validated `[audit]`.
-#[derive(Clone, Debug, PartialEq)]
-pub struct AuditConfig {
-    /// Channel capacity.
-    pub queue: usize,
-    /// HTTP overflow policy.
-    pub http_overflow: analytics::Overflow,
-    /// JSON-lines file.
-    pub jsonl: Option<PathBuf>,
-}
-
 /// One validated application.
 #[derive(Clone, Debug, PartialEq)]
 pub struct App {
@@ -472,8 +428,8 @@ pub struct RawSections {
     pub sessions: Option<RawSessions>,
     /// `[tokens]`.
     pub tokens: Option<RawTokens>,
-    /// `[audit]`.
-    pub audit: Option<RawAudit>,
+    /// `audit.http_overflow`.
+    pub audit_overflow: analytics::Overflow,
     /// `[[app]]`.
     pub apps: Vec<RawApp>,
 }
@@ -560,20 +516,6 @@ pub fn validate(raw: RawSections) -> Result<HttpConfig, ConfigError> {
 
     let relay = raw.relay.map(validate_relay).transpose()?;
     let sessions = raw.sessions.map(validate_sessions).transpose()?;
-    let audit = raw.audit.unwrap_or_default();
-    if audit.queue == 0 {
-        return Err(invalid("audit.queue", "must be greater than 0"));
-    }
-    if let Some(path) = &audit.jsonl
-        && !path.is_absolute()
-    {
-        return Err(invalid("audit.jsonl", "must be an absolute path"));
-    }
-    let audit = AuditConfig {
-        queue: audit.queue,
-        http_overflow: audit.http_overflow,
-        jsonl: audit.jsonl,
-    };
     let token_store = raw
         .tokens
         .map_or_else(default_token_store, |tokens| tokens.store);
@@ -626,7 +568,7 @@ pub fn validate(raw: RawSections) -> Result<HttpConfig, ConfigError> {
         relay,
         sessions,
         token_store,
-        audit,
+        audit_overflow: raw.audit_overflow,
         apps,
     })
 }

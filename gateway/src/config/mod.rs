@@ -3,8 +3,8 @@
 //! or kernel call. Every error names the offending key.
 //!
 //! This module holds the file and the XDP section; [`http`] holds the
-//! identity gateway's sections (listeners, relay, sessions, tokens, audit,
-//! apps and their policies).
+//! identity gateway's sections (listeners, relay, sessions, tokens, apps
+//! and their policies), [`audit`] the audit log's.
 //!
 //! ```toml
 //! [xdp]
@@ -33,8 +33,10 @@ use serde::Deserialize;
 
 use crate::paths;
 
+pub mod audit;
 pub mod http;
 
+pub use audit::AuditConfig;
 pub use http::{App, HttpConfig};
 
 /// A configuration error, naming the key it is about.
@@ -83,8 +85,8 @@ pub struct RawConfig {
     pub sessions: Option<http::RawSessions>,
     /// The service-token store.
     pub tokens: Option<http::RawTokens>,
-    /// The audit hand-off.
-    pub audit: Option<http::RawAudit>,
+    /// The audit log.
+    pub audit: Option<audit::RawAudit>,
     /// Applications.
     #[serde(default)]
     pub app: Vec<http::RawApp>,
@@ -182,6 +184,8 @@ pub struct Config {
     pub xdp: Option<XdpConfig>,
     /// The identity gateway, if configured.
     pub http: Option<HttpConfig>,
+    /// The audit log (always kept).
+    pub audit: AuditConfig,
 }
 
 /// The validated `[xdp]` section.
@@ -270,13 +274,17 @@ impl RawConfig {
     /// Checks everything that can be checked without side effects.
     pub fn validate(self) -> Result<Config, ConfigError> {
         let xdp = self.xdp.map(RawXdp::validate).transpose()?;
+        let audit = self
+            .audit
+            .unwrap_or_default()
+            .validate(audit::system_host)?;
         let http = match self.http {
             Some(raw) => Some(http::validate(http::RawSections {
                 http: raw,
                 relay: self.relay,
                 sessions: self.sessions,
                 tokens: self.tokens,
-                audit: self.audit,
+                audit_overflow: audit.http_overflow,
                 apps: self.app,
             })?),
             None => {
@@ -284,7 +292,6 @@ impl RawConfig {
                     ("relay", self.relay.is_some()),
                     ("sessions", self.sessions.is_some()),
                     ("tokens", self.tokens.is_some()),
-                    ("audit", self.audit.is_some()),
                     ("app", !self.app.is_empty()),
                 ];
                 if let Some((key, _)) = orphan.iter().find(|(_, given)| *given) {
@@ -302,7 +309,7 @@ impl RawConfig {
                 "nothing to run: configure [xdp], [http] or both",
             ));
         }
-        Ok(Config { xdp, http })
+        Ok(Config { xdp, http, audit })
     }
 }
 

@@ -140,7 +140,7 @@ async fn phases(
     // Transfer-Encoding, chunk sizes) is hyper's: it refuses malformed
     // values and closes the connection after a request that had both.
     let (host, host_header) = request_host(&parts)?;
-    event.host = Some(host.clone());
+    event.hostname = Some(host.clone());
     if connection.tls
         && let Some(sni) = &connection.sni
         && *sni != host
@@ -215,7 +215,7 @@ async fn phases(
     *slot = Some(
         gateway
             .audit
-            .reserve(config.audit.http_overflow)
+            .reserve(config.audit_overflow)
             .map_err(|_| Refusal::AuditUnavailable)?,
     );
 

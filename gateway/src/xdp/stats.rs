@@ -66,6 +66,8 @@ pub struct DroppedSource {
     pub packets: u64,
     /// Bytes.
     pub bytes: u64,
+    /// Time from the first packet to the last, microseconds.
+    pub span_us: u64,
 }
 
 impl DroppedSource {
@@ -91,6 +93,7 @@ impl DroppedSource {
             monitor: record.monitor != 0,
             packets: record.packets,
             bytes: record.bytes,
+            span_us: record.last_ns.saturating_sub(record.first_ns) / 1000,
         })
     }
 }
@@ -152,7 +155,7 @@ pub fn read(layout: &PinLayout, top: usize) -> Result<Snapshot, Error> {
     let slots: PerCpuArray<MapData, DropRecord> =
         PerCpuArray::try_from(Map::PerCpuArray(open(layout, maps::DROP_SLOTS)?))
             .map_err(Error::map(maps::DROP_SLOTS, "opening"))?;
-    let mut by_source: HashMap<FlowKey, (u64, u64)> = HashMap::new();
+    let mut by_source: HashMap<FlowKey, (u64, u64, u64)> = HashMap::new();
     for values in slots.iter() {
         let values = values.map_err(Error::map(maps::DROP_SLOTS, "reading"))?;
         for record in values.iter() {
@@ -162,20 +165,24 @@ pub fn read(layout: &PinLayout, top: usize) -> Result<Snapshot, Error> {
                     .or_default();
                 entry.0 += d.packets;
                 entry.1 += d.bytes;
+                entry.2 = entry.2.max(d.span_us);
             }
         }
     }
     let mut top_dropped_sources: Vec<DroppedSource> = by_source
         .into_iter()
         .map(
-            |((source, protocol, dst_port, reason, monitor), (packets, bytes))| DroppedSource {
-                source,
-                protocol,
-                dst_port,
-                reason,
-                monitor,
-                packets,
-                bytes,
+            |((source, protocol, dst_port, reason, monitor), (packets, bytes, span_us))| {
+                DroppedSource {
+                    source,
+                    protocol,
+                    dst_port,
+                    reason,
+                    monitor,
+                    packets,
+                    bytes,
+                    span_us,
+                }
             },
         )
         .collect();

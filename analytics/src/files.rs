@@ -1,0 +1,422 @@
+//! The Parquet files: where they go, how they are written, how old ones
+//! are removed.
+//!
+//! ```text
+//! <dir>/date=2026-11-23/hour=07/<host>-<segment>.parquet
+//! <dir>/.wal/<host>-<segment>.arrows          (events not yet in Parquet)
+//! ```
+//!
+//! Partitions are Hive-style, so DataFusion, DuckDB, Spark, Trino and Athena
+//! turn `date` and `hour` into columns and skip whole directories on a time
+//! filter. A file is named after the segment it was made from: writing the
+//! same segment again (recovery after a crash between the rename and the
+//! segment's deletion) replaces the file instead of duplicating its events,
+//! and the host in the name keeps a fleet's files apart in one bucket.
+//!
+//! A file appears only whole: it is written under a hidden temporary name,
+//! fsynced, renamed, and the directory fsynced. Query tools skip the
+//! temporary names (they neither end in `.parquet` nor are visible).
+
+use std::{
+    fs::File,
+    io::BufWriter,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use arrow::{
+    array::{AsArray, RecordBatch},
+    compute::{SortOptions, concat_batches, sort_to_indices, take_record_batch},
+    datatypes::TimestampMicrosecondType,
+};
+use parquet::{
+    arrow::ArrowWriter,
+    basic::{Compression, Encoding, ZstdLevel},
+    file::{
+        metadata::{KeyValue, SortingColumn},
+        properties::WriterProperties,
+    },
+    schema::types::ColumnPath,
+};
+
+use crate::{
+    error::StoreError,
+    fsync_dir,
+    schema::{self, SCHEMA_VERSION, SCHEMA_VERSION_KEY, TIME_COLUMN},
+};
+
+/// Extension of finished files.
+pub const EXTENSION: &str = "parquet";
+
+/// Rows per row group at most: large enough for scans to read long runs,
+/// small enough that one hour of a busy host is several groups that time
+/// filters can skip by their statistics.
+pub const ROW_GROUP_ROWS: usize = 1 << 20;
+
+/// Microseconds per partition (one hour).
+const HOUR_US: i64 = 3_600_000_000;
+
+/// The writer settings of every file, in one place.
+pub fn writer_properties() -> WriterProperties {
+    let time = ColumnPath::from(TIME_COLUMN);
+    let request_id = ColumnPath::from("request_id");
+    WriterProperties::builder()
+        // ZSTD(1): higher levels buy almost nothing on columnar data and
+        // cost ingest speed.
+        .set_compression(Compression::ZSTD(
+            ZstdLevel::try_new(1).expect("1 is a valid level"),
+        ))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        // Times are sorted and close together: deltas pack them into a few
+        // bits each, where a dictionary would hold every value once.
+        .set_column_dictionary_enabled(time.clone(), false)
+        .set_column_encoding(time, Encoding::DELTA_BINARY_PACKED)
+        // Unique per row: a dictionary would only be abandoned half-way.
+        .set_column_dictionary_enabled(request_id, false)
+        .set_sorting_columns(Some(vec![SortingColumn {
+            column_idx: 0,
+            descending: false,
+            nulls_first: false,
+        }]))
+        .set_key_value_metadata(Some(vec![KeyValue::new(
+            SCHEMA_VERSION_KEY.to_owned(),
+            SCHEMA_VERSION.to_string(),
+        )]))
+        .build()
+}
+
+/// The partition directory (relative) of the hour holding `time_us`.
+pub fn partition(time_us: i64) -> PathBuf {
+    let hour_start = time_us.div_euclid(HOUR_US) * (HOUR_US / 1_000_000);
+    let time = chrono::DateTime::from_timestamp(hour_start, 0).unwrap_or_default();
+    PathBuf::from(time.format("date=%Y-%m-%d/hour=%H").to_string())
+}
+
+/// Writes the events of `batches` as Parquet files named `<name>.parquet`,
+/// one per hour partition under `root`, each sorted by time. Returns the
+/// files written.
+pub fn write(root: &Path, name: &str, batches: &[RecordBatch]) -> Result<Vec<PathBuf>, StoreError> {
+    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
+    if rows == 0 {
+        return Ok(Vec::new());
+    }
+    let schema = schema::schema();
+    let all = concat_batches(&schema, batches).map_err(StoreError::arrow("merging", root))?;
+    let order = sort_to_indices(
+        all.column(0),
+        Some(SortOptions {
+            descending: false,
+            nulls_first: false,
+        }),
+        None,
+    )
+    .map_err(StoreError::arrow("sorting", root))?;
+    let sorted = take_record_batch(&all, &order).map_err(StoreError::arrow("sorting", root))?;
+    drop(all);
+    let times = sorted
+        .column(0)
+        .as_primitive::<TimestampMicrosecondType>()
+        .values();
+
+    let mut written = Vec::new();
+    let mut start = 0;
+    while start < rows {
+        let hour = times[start].div_euclid(HOUR_US);
+        let len = times[start..].partition_point(|t| t.div_euclid(HOUR_US) == hour);
+        let dir = root.join(partition(times[start]));
+        let path = dir.join(format!("{name}.{EXTENSION}"));
+        write_file(&path, &sorted.slice(start, len))?;
+        written.push(path);
+        start += len;
+    }
+    Ok(written)
+}
+
+/// Writes one file under a temporary name and renames it into place.
+fn write_file(path: &Path, batch: &RecordBatch) -> Result<(), StoreError> {
+    let dir = path.parent().expect("files live in partitions");
+    create_dirs(dir)?;
+    let file_name = path.file_name().expect("named").to_string_lossy();
+    let tmp = dir.join(format!(".{file_name}.tmp"));
+    let result = (|| {
+        let file = File::create(&tmp).map_err(StoreError::io("creating", &tmp))?;
+        let mut writer = ArrowWriter::try_new(
+            BufWriter::with_capacity(1 << 20, file),
+            Arc::clone(batch.schema_ref()),
+            Some(writer_properties()),
+        )
+        .map_err(StoreError::parquet(&tmp))?;
+        writer.write(batch).map_err(StoreError::parquet(&tmp))?;
+        let file = writer
+            .into_inner()
+            .map_err(StoreError::parquet(&tmp))?
+            .into_inner()
+            .map_err(|e| StoreError::Io {
+                action: "writing",
+                path: tmp.clone(),
+                source: e.into_error(),
+            })?;
+        file.sync_all().map_err(StoreError::io("syncing", &tmp))?;
+        std::fs::rename(&tmp, path).map_err(StoreError::io("renaming into place", path))?;
+        fsync_dir(dir)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Creates `dir` and any missing parents, making each new entry durable.
+fn create_dirs(dir: &Path) -> Result<(), StoreError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent() {
+        create_dirs(parent)?;
+    }
+    match std::fs::create_dir(dir) {
+        Ok(()) => crate::fsync_parent(dir),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Io {
+            action: "creating",
+            path: dir.to_owned(),
+            source: e,
+        }),
+    }
+}
+
+/// The hour partitions under `root`, oldest first, as (relative path,
+/// directory).
+pub fn partitions(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for date in sorted_entries(root, "date=") {
+        out.extend(sorted_entries(&date, "hour="));
+    }
+    out
+}
+
+/// Every finished file under `root`, oldest partition first.
+pub fn list(root: &Path) -> Vec<PathBuf> {
+    partitions(root)
+        .iter()
+        .flat_map(|dir| sorted_entries(dir, ""))
+        .filter(|p| is_finished(p))
+        .collect()
+}
+
+fn is_finished(path: &Path) -> bool {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    !name.starts_with('.') && name.ends_with(&format!(".{EXTENSION}"))
+}
+
+fn sorted_entries(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+        .map(|e| e.path())
+        .collect();
+    entries.sort();
+    entries
+}
+
+/// Removes temporary files a crash left half-written. Returns how many.
+pub fn remove_temporaries(root: &Path) -> usize {
+    partitions(root)
+        .iter()
+        .flat_map(|dir| sorted_entries(dir, "."))
+        .filter(|p| p.extension().is_some_and(|e| e == "tmp"))
+        .filter(|p| std::fs::remove_file(p).is_ok())
+        .count()
+}
+
+/// How long and how much the files are kept.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Retention {
+    /// Partitions whose hour ended more than this many days ago go.
+    pub max_age_days: Option<u32>,
+    /// Oldest partitions go until the files fit (the newest is kept).
+    pub max_bytes: Option<u64>,
+}
+
+/// Applies `retention` to the partitions under `root` at `now_us`. Returns
+/// the partitions removed, oldest first.
+pub fn apply_retention(root: &Path, retention: Retention, now_us: i64) -> Vec<PathBuf> {
+    let mut partitions: Vec<(PathBuf, u64)> = partitions(root)
+        .into_iter()
+        .map(|dir| {
+            let bytes = sorted_entries(&dir, "")
+                .iter()
+                .filter_map(|p| p.metadata().ok())
+                .map(|m| m.len())
+                .sum();
+            (dir, bytes)
+        })
+        .collect();
+    let mut removed = Vec::new();
+    if let Some(days) = retention.max_age_days {
+        let cutoff = partition(now_us - i64::from(days) * 24 * HOUR_US);
+        let cutoff = root.join(cutoff);
+        // Partition paths sort by time; everything before the cutoff hour's
+        // own partition ended more than `days` ago.
+        let old = partitions
+            .iter()
+            .take_while(|(dir, _)| *dir < cutoff)
+            .count();
+        removed.extend(partitions.drain(..old).map(|(dir, _)| dir));
+    }
+    if let Some(cap) = retention.max_bytes {
+        let mut total: u64 = partitions.iter().map(|(_, b)| b).sum();
+        let mut over = 0;
+        while total > cap && over + 1 < partitions.len() {
+            total -= partitions[over].1;
+            over += 1;
+        }
+        removed.extend(partitions.drain(..over).map(|(dir, _)| dir));
+    }
+    for dir in &removed {
+        if std::fs::remove_dir_all(dir).is_ok()
+            && let Some(date) = dir.parent()
+        {
+            // Gone with its last hour; fails harmlessly while others remain.
+            let _ = std::fs::remove_dir(date);
+        }
+    }
+    removed
+}
+
+#[cfg(test)]
+mod tests {
+    use parquet::{
+        arrow::arrow_reader::ParquetRecordBatchReaderBuilder, file::reader::FileReader,
+        file::serialized_reader::SerializedFileReader,
+    };
+
+    use super::*;
+    use crate::{event::Event, schema::EventBatchBuilder};
+
+    /// 2026-11-23T07:59:59Z in microseconds.
+    const T: i64 = 1_795_420_799_000_000;
+
+    fn batch(times: &[i64]) -> RecordBatch {
+        let mut builder = EventBatchBuilder::new("h", times.len());
+        for &time_us in times {
+            builder.push(&Event {
+                time_us,
+                reason: "policy".into(),
+                request_id: Some(format!("r{time_us}")),
+                ..Event::default()
+            });
+        }
+        builder.finish()
+    }
+
+    fn times_in(path: &Path) -> Vec<i64> {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
+        reader
+            .flat_map(|b| {
+                b.unwrap()
+                    .column(0)
+                    .as_primitive::<TimestampMicrosecondType>()
+                    .values()
+                    .to_vec()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn partitions_are_utc_hours() {
+        assert_eq!(partition(T), Path::new("date=2026-11-23/hour=07"));
+        assert_eq!(
+            partition(T + 1_000_000),
+            Path::new("date=2026-11-23/hour=08")
+        );
+        assert_eq!(partition(0), Path::new("date=1970-01-01/hour=00"));
+        assert_eq!(partition(-1), Path::new("date=1969-12-31/hour=23"));
+    }
+
+    #[test]
+    fn events_are_split_by_hour_and_sorted_in_each_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let batches = [
+            batch(&[T, T + 2_000_000, T - 5]),
+            batch(&[T + 1_000_000, T - 7]),
+        ];
+        let files = write(dir.path(), "h-1", &batches).unwrap();
+        assert_eq!(
+            files,
+            [
+                dir.path().join("date=2026-11-23/hour=07/h-1.parquet"),
+                dir.path().join("date=2026-11-23/hour=08/h-1.parquet"),
+            ]
+        );
+        assert_eq!(times_in(&files[0]), [T - 7, T - 5, T]);
+        assert_eq!(times_in(&files[1]), [T + 1_000_000, T + 2_000_000]);
+        assert_eq!(list(dir.path()), files);
+
+        // Written again (recovery), the same names are replaced, not doubled.
+        assert_eq!(write(dir.path(), "h-1", &batches).unwrap(), files);
+        assert_eq!(list(dir.path()), files);
+
+        let meta = SerializedFileReader::new(File::open(&files[0]).unwrap()).unwrap();
+        let meta = meta.metadata();
+        let kv = meta.file_metadata().key_value_metadata().unwrap();
+        assert!(kv.iter().any(|kv| kv.key == SCHEMA_VERSION_KEY));
+        let column = meta.row_group(0).column(0);
+        assert_eq!(
+            column.compression(),
+            Compression::ZSTD(ZstdLevel::try_new(1).unwrap())
+        );
+        assert!(column.statistics().is_some());
+    }
+
+    #[test]
+    fn temporaries_are_removed_and_retention_goes_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let hour = HOUR_US;
+        for h in 0..5 {
+            write(dir.path(), &format!("h-{h}"), &[batch(&[T + h * hour])]).unwrap();
+        }
+        let tmp = dir.path().join("date=2026-11-23/hour=09/.h-9.parquet.tmp");
+        std::fs::write(&tmp, b"half").unwrap();
+        assert_eq!(remove_temporaries(dir.path()), 1);
+        assert!(!tmp.exists());
+        assert_eq!(list(dir.path()).len(), 5);
+
+        // Age: at T + 1 day + 1.5 h, the partitions of 07:00 and 08:00 on
+        // the first day ended more than a day ago.
+        let removed = apply_retention(
+            dir.path(),
+            Retention {
+                max_age_days: Some(1),
+                max_bytes: None,
+            },
+            T + 24 * hour + hour + hour / 2,
+        );
+        assert_eq!(
+            removed,
+            [
+                dir.path().join("date=2026-11-23/hour=07"),
+                dir.path().join("date=2026-11-23/hour=08")
+            ]
+        );
+        // Size: a cap of one byte keeps only the newest partition.
+        let removed = apply_retention(
+            dir.path(),
+            Retention {
+                max_age_days: None,
+                max_bytes: Some(1),
+            },
+            T,
+        );
+        assert_eq!(removed.len(), 2);
+        assert_eq!(
+            list(dir.path()),
+            [dir.path().join("date=2026-11-23/hour=11/h-4.parquet")]
+        );
+    }
+}

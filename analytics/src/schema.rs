@@ -1,0 +1,350 @@
+//! The columnar form of [`Event`]: one Arrow schema, defined once, and the
+//! builder that turns events into record batches of it.
+//!
+//! The column list below is the only definition: the schema, the builder and
+//! the README's table all follow it. Columns are only ever added at the end
+//! (with a new [`SCHEMA_VERSION`]), never renamed or retyped, so files
+//! written by older gateways stay queryable beside newer ones.
+//!
+//! Types are chosen for every SQL engine the logs are meant for: signed
+//! integers only (Spark, Trino and Athena have no unsigned types), times as
+//! `TIMESTAMP WITH TIME ZONE` in microseconds, low-cardinality strings as
+//! dictionaries, addresses as their canonical text (`'203.0.113.7'`,
+//! `'2001:db8::1'`), which every engine compares, groups and `LIKE`s.
+
+use std::sync::{Arc, LazyLock};
+
+use arrow::{
+    array::{
+        ArrayRef, Int32Builder, Int64Builder, RecordBatch, StringBuilder, StringDictionaryBuilder,
+        TimestampMicrosecondBuilder,
+    },
+    datatypes::{DataType, Field, Int32Type, Schema, SchemaRef, TimeUnit},
+};
+
+use crate::event::Event;
+
+/// Version of the column list; stored in every file's metadata under
+/// [`SCHEMA_VERSION_KEY`].
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Metadata key of [`SCHEMA_VERSION`] (Arrow schema and Parquet footer).
+pub const SCHEMA_VERSION_KEY: &str = "gateway.audit.schema_version";
+
+/// Name of the time column, the sort key of every file.
+pub const TIME_COLUMN: &str = "event_time";
+
+/// The time zone of [`TIME_COLUMN`].
+const UTC: &str = "UTC";
+
+/// The Arrow type of each kind of column.
+macro_rules! arrow_type {
+    (time) => {
+        DataType::Timestamp(TimeUnit::Microsecond, Some(UTC.into()))
+    };
+    (dict) => {
+        DataType::Dictionary(Box::new(DataType::Int32), Box::new(DataType::Utf8))
+    };
+    (text) => {
+        DataType::Utf8
+    };
+    (int32) => {
+        DataType::Int32
+    };
+    (int64) => {
+        DataType::Int64
+    };
+}
+
+/// The builder of each kind of column.
+macro_rules! builder_type {
+    (time) => { TimestampMicrosecondBuilder };
+    (dict) => { StringDictionaryBuilder<Int32Type> };
+    (text) => { StringBuilder };
+    (int32) => { Int32Builder };
+    (int64) => { Int64Builder };
+}
+
+/// Defines the schema, `Columns` (one builder per column) and how an event
+/// fills them, from one list of `name: kind [required] = value;`, where the
+/// value is an expression of the event and host names given first.
+macro_rules! columns {
+    (($event:ident, $host:ident) => { $( $(#[doc = $doc:literal])* $name:ident: $kind:ident $($required:ident)? = $value:expr; )* }) => {
+        /// The column names in order (stable: these are SQL column names).
+        pub const COLUMN_NAMES: &[&str] = &[$(stringify!($name)),*];
+
+        /// (column, description) in order, for the README and `--help`.
+        pub const COLUMN_DOCS: &[(&str, &str)] = &[$((stringify!($name), concat!($($doc),*))),*];
+
+        fn fields() -> Vec<Field> {
+            vec![$(
+                Field::new(stringify!($name), arrow_type!($kind), columns!(@nullable $($required)?)),
+            )*]
+        }
+
+        /// One builder per column.
+        struct Columns {
+            $($name: builder_type!($kind),)*
+        }
+
+        impl Columns {
+            fn with_capacity(capacity: usize) -> Self {
+                Self { $($name: columns!(@new $kind, capacity),)* }
+            }
+
+            fn push(&mut self, $event: &Event, $host: &str) {
+                $( columns!(@append self.$name, $kind, $value); )*
+            }
+
+            fn finish(&mut self) -> Vec<ArrayRef> {
+                vec![$(Arc::new(self.$name.finish()) as ArrayRef,)*]
+            }
+        }
+    };
+    (@nullable required) => { false };
+    (@nullable) => { true };
+    (@new time, $n:expr) => { TimestampMicrosecondBuilder::with_capacity($n).with_timezone(UTC) };
+    (@new dict, $n:expr) => { StringDictionaryBuilder::<Int32Type>::with_capacity($n, 64, 1024) };
+    (@new text, $n:expr) => { StringBuilder::with_capacity($n, $n * 16) };
+    (@new int32, $n:expr) => { Int32Builder::with_capacity($n) };
+    (@new int64, $n:expr) => { Int64Builder::with_capacity($n) };
+    (@append $b:expr, time, $v:expr) => { $b.append_value($v) };
+    (@append $b:expr, dict, $v:expr) => { match $v { Some(v) => { $b.append_value(v); } None => $b.append_null() } };
+    (@append $b:expr, text, $v:expr) => { $b.append_option($v) };
+    (@append $b:expr, int32, $v:expr) => { $b.append_option($v) };
+    (@append $b:expr, int64, $v:expr) => { $b.append_option($v) };
+}
+
+fn int32(v: Option<impl Into<i64>>) -> Option<i32> {
+    v.and_then(|v| i32::try_from(v.into()).ok())
+}
+
+fn int64(v: Option<u64>) -> Option<i64> {
+    v.map(|v| i64::try_from(v).unwrap_or(i64::MAX))
+}
+
+columns! {
+(event, host) => {
+    /// When the decision was made (UTC, microseconds).
+    event_time: time required = event.time_us;
+    /// The machine that decided.
+    host: dict required = Some(host);
+    /// `xdp` or `http`.
+    layer: dict = event.layer.map(|l| l.as_str());
+    /// `allow`, `bypass` or `deny`.
+    decision: dict = event.decision.map(|d| d.as_str());
+    /// Why, event.g. `policy`, `jwt_expired`, `source_not_relay`, `audit_overflow`.
+    reason: dict required = Some(event.reason.as_str());
+    /// The application (HTTP).
+    app: dict = event.app.as_deref();
+    /// The deciding policy.
+    policy: dict = event.policy.as_deref();
+    /// Index of the include rule that matched in that policy.
+    rule: int32 = int32(event.rule);
+    /// Verified email of the user.
+    email: text = event.email.as_deref();
+    /// Verified subject of the user.
+    subject: text = event.subject.as_deref();
+    /// `jwt`, `cookie`, `service_token`, `gateway_session`.
+    auth_method: dict = event.auth_method.as_deref();
+    /// Service-token client id (never its secret).
+    token_client_id: dict = event.token_client_id.as_deref();
+    /// Service-token name.
+    token_name: dict = event.token_name.as_deref();
+    /// Country of the client.
+    country: dict = event.country.as_deref();
+    /// Client address as text (XDP: the dropped source; null for the sum of single-packet sources).
+    client_ip: text = event.client_ip.map(|ip| ip.to_string());
+    /// Client TCP port.
+    client_port: int32 = int32(event.client_port);
+    /// `HTTP/1.1`, `HTTP/2`; XDP: `tcp`, `udp`, `icmp`, ...
+    protocol: dict = event.protocol.as_deref();
+    /// HTTP method.
+    method: dict = event.method.as_deref();
+    /// The request's normalized host name.
+    hostname: dict = event.hostname.as_deref();
+    /// The normalized path.
+    path: text = event.path.as_deref();
+    /// HTTP status sent.
+    status: int32 = int32(event.status);
+    /// Request to response headers, microseconds.
+    latency_us: int64 = int64(event.latency_us);
+    /// Response body bytes (HTTP) or dropped bytes (XDP).
+    bytes: int64 = int64(event.bytes);
+    /// Request id, also sent to the client and the upstream.
+    request_id: text = event.request_id.as_deref();
+    /// Issuer of the token that authenticated.
+    token_issuer: dict = event.token_issuer.as_deref();
+    /// Key id that signed it.
+    key_id: dict = event.key_id.as_deref();
+    /// XDP: destination port of the dropped packets.
+    dst_port: int32 = int32(event.dst_port);
+    /// XDP: packets in the record; `audit_overflow`: events lost.
+    packets: int64 = int64(event.packets);
+    /// XDP: time from the record's first packet to its last, microseconds.
+    interval_us: int64 = int64(event.interval_us);
+}
+}
+
+static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
+    let metadata = [(SCHEMA_VERSION_KEY.to_owned(), SCHEMA_VERSION.to_string())];
+    Arc::new(Schema::new_with_metadata(fields(), metadata.into()))
+});
+
+/// The audit schema.
+pub fn schema() -> SchemaRef {
+    SCHEMA.clone()
+}
+
+/// Collects events into one record batch of [`schema`]. `host` fills the
+/// `host` column of every row.
+pub struct EventBatchBuilder {
+    host: String,
+    columns: Columns,
+    rows: usize,
+    capacity: usize,
+}
+
+impl EventBatchBuilder {
+    /// A builder for batches of about `capacity` rows from `host`.
+    pub fn new(host: &str, capacity: usize) -> Self {
+        Self {
+            host: host.to_owned(),
+            columns: Columns::with_capacity(capacity),
+            rows: 0,
+            capacity,
+        }
+    }
+
+    /// Appends one row.
+    pub fn push(&mut self, event: &Event) {
+        self.columns.push(event, &self.host);
+        self.rows += 1;
+    }
+
+    /// Rows appended since the last [`finish`](Self::finish).
+    pub fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// Whether no row is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// The rows so far as a batch; the builder starts over empty.
+    pub fn finish(&mut self) -> RecordBatch {
+        let arrays = self.columns.finish();
+        self.columns = Columns::with_capacity(self.capacity);
+        self.rows = 0;
+        RecordBatch::try_new(schema(), arrays).expect("the builders follow the schema")
+    }
+}
+
+impl std::fmt::Debug for EventBatchBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventBatchBuilder")
+            .field("host", &self.host)
+            .field("rows", &self.rows)
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::IpAddr;
+
+    use arrow::{
+        array::{Array, AsArray},
+        datatypes::{Int32Type, TimestampMicrosecondType},
+    };
+
+    use super::*;
+    use crate::event::{Decision, Layer};
+
+    #[test]
+    fn every_event_field_has_a_column_in_order_and_the_docs_match() {
+        let schema = schema();
+        let names: Vec<&str> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+        assert_eq!(names, COLUMN_NAMES);
+        assert_eq!(COLUMN_DOCS.len(), COLUMN_NAMES.len());
+        assert!(COLUMN_DOCS.iter().all(|(_, doc)| !doc.trim().is_empty()));
+        assert_eq!(
+            schema.metadata()[SCHEMA_VERSION_KEY],
+            SCHEMA_VERSION.to_string()
+        );
+        // Every Event field reaches a column: the serialized field names
+        // (which the JSON-lines log uses) are the columns bar `host` and the
+        // time, which is `event_time` in tables.
+        let json = serde_json::to_value(Event::default()).unwrap();
+        for key in json.as_object().unwrap().keys() {
+            let column = if key == "time_us" { TIME_COLUMN } else { key };
+            assert!(names.contains(&column), "no column for Event::{key}");
+        }
+        assert!(schema.fields().iter().all(|f| !matches!(
+            f.data_type(),
+            DataType::UInt8 | DataType::UInt16 | DataType::UInt32 | DataType::UInt64
+        )));
+    }
+
+    #[test]
+    fn events_become_rows_with_nulls_for_what_does_not_apply() {
+        let mut builder = EventBatchBuilder::new("origin-1", 4);
+        builder.push(&Event {
+            time_us: 1_700_000_000_123_456,
+            layer: Some(Layer::Http),
+            decision: Some(Decision::Allow),
+            reason: "policy".into(),
+            app: Some("wiki".into()),
+            email: Some("a@example.com".into()),
+            client_ip: Some("2001:db8::7".parse::<IpAddr>().unwrap()),
+            status: Some(200),
+            latency_us: Some(u64::MAX),
+            ..Event::default()
+        });
+        builder.push(&Event {
+            time_us: 1_700_000_001_000_000,
+            layer: Some(Layer::Xdp),
+            decision: Some(Decision::Deny),
+            reason: "source_not_relay".into(),
+            client_ip: Some("203.0.113.9".parse::<IpAddr>().unwrap()),
+            dst_port: Some(443),
+            packets: Some(12),
+            ..Event::default()
+        });
+        assert_eq!(builder.len(), 2);
+        let batch = builder.finish();
+        assert!(builder.is_empty());
+        assert_eq!(batch.num_rows(), 2);
+        let time = batch
+            .column_by_name(TIME_COLUMN)
+            .unwrap()
+            .as_primitive::<TimestampMicrosecondType>();
+        assert_eq!(time.value(0), 1_700_000_000_123_456);
+        let dict = |name: &str, row: usize| {
+            let column = batch
+                .column_by_name(name)
+                .unwrap()
+                .as_dictionary::<Int32Type>();
+            let values = column.values().as_string::<i32>();
+            column
+                .is_valid(row)
+                .then(|| values.value(column.keys().value(row) as usize).to_owned())
+        };
+        assert_eq!(dict("host", 1).as_deref(), Some("origin-1"));
+        assert_eq!(dict("layer", 1).as_deref(), Some("xdp"));
+        assert_eq!(dict("app", 1), None);
+        let ip = batch
+            .column_by_name("client_ip")
+            .unwrap()
+            .as_string::<i32>();
+        assert_eq!(ip.value(0), "2001:db8::7");
+        assert_eq!(ip.value(1), "203.0.113.9");
+        let latency = batch
+            .column_by_name("latency_us")
+            .unwrap()
+            .as_primitive::<arrow::datatypes::Int64Type>();
+        assert_eq!(latency.value(0), i64::MAX, "saturates instead of wrapping");
+        assert!(latency.is_null(1));
+    }
+}

@@ -1,0 +1,468 @@
+//! The audit store: events go into a write-ahead segment, and a segment
+//! rolls into Parquet files when it is big, old, or its hour is over.
+//!
+//! ```text
+//! push ──► builder ──flush──► segment (.wal/*.arrows) ──roll──► date=/hour=/*.parquet
+//!                              sync = fsync: durable            then the segment goes
+//! ```
+//!
+//! All calls are synchronous and do their own I/O; [`crate::writer`] decides
+//! when to call them and retries after errors. Every step can be repeated
+//! after a failure without losing or doubling an event: a failed append is
+//! retried byte for byte, a failed roll writes the same file names again.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicI64, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use arrow::array::RecordBatch;
+
+use crate::{
+    error::StoreError,
+    event::Event,
+    files::{self, Retention},
+    schema::EventBatchBuilder,
+    wal::{self, Segment},
+};
+
+/// Rows per record batch: the unit of a segment append.
+pub const BATCH_ROWS: usize = 8192;
+
+/// Where and how the store keeps events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// Root of the partitions (and of the `.wal` directory).
+    pub dir: PathBuf,
+    /// The machine's name, in the `host` column and every file name.
+    pub host: String,
+    /// A segment older than this rolls into Parquet.
+    pub roll_interval: Duration,
+    /// A segment with this many events rolls into Parquet.
+    pub roll_events: usize,
+    /// What old files are removed.
+    pub retention: Retention,
+}
+
+/// Name of the directory of write-ahead segments under the store's root;
+/// hidden, so query tools listing `*.parquet` never look inside.
+pub const WAL_DIR: &str = ".wal";
+
+/// What [`AuditStore::open`] found and recovered.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Recovery {
+    /// Segments left by an earlier run and turned into Parquet.
+    pub segments: usize,
+    /// Events recovered from them.
+    pub events: usize,
+    /// Segments that ended in a torn append (a crash while writing).
+    pub torn: usize,
+    /// Segments that could not be read at all, set aside as `*.damaged`.
+    pub damaged: Vec<PathBuf>,
+    /// Half-written Parquet files removed.
+    pub temporaries: usize,
+}
+
+/// What the store has done, shared with status reporting.
+#[derive(Debug, Default)]
+pub struct StoreStatus {
+    durable_events: AtomicU64,
+    files_written: AtomicU64,
+    last_sync_us: AtomicI64,
+    last_file_us: AtomicI64,
+    error: Mutex<Option<String>>,
+}
+
+impl StoreStatus {
+    /// Events fsynced to a segment since the store was opened.
+    pub fn durable_events(&self) -> u64 {
+        self.durable_events.load(Ordering::Acquire)
+    }
+
+    /// Parquet files written since the store was opened.
+    pub fn files_written(&self) -> u64 {
+        self.files_written.load(Ordering::Relaxed)
+    }
+
+    /// When the last sync succeeded (µs since the epoch; 0: never).
+    pub fn last_sync_us(&self) -> i64 {
+        self.last_sync_us.load(Ordering::Relaxed)
+    }
+
+    /// When the last Parquet file was written (µs since the epoch; 0: never).
+    pub fn last_file_us(&self) -> i64 {
+        self.last_file_us.load(Ordering::Relaxed)
+    }
+
+    /// The error the writer is stuck on, if it is.
+    pub fn error(&self) -> Option<String> {
+        self.error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub(crate) fn set_error(&self, error: Option<String>) {
+        *self.error.lock().unwrap_or_else(|e| e.into_inner()) = error;
+    }
+}
+
+/// The segment being filled and the batches it holds.
+struct OpenSegment {
+    segment: Segment,
+    /// `<host>-<start>-<random>`: the stem of the segment and its files.
+    name: String,
+    batches: Vec<RecordBatch>,
+    rows: usize,
+    opened: Instant,
+    hour: i64,
+}
+
+/// The store. See the module documentation.
+pub struct AuditStore {
+    config: StoreConfig,
+    wal_dir: PathBuf,
+    /// `config.host` made safe for file names.
+    file_host: String,
+    builder: EventBatchBuilder,
+    open: Option<OpenSegment>,
+    /// Rows appended to the segment but not yet fsynced.
+    unsynced: u64,
+    status: Arc<StoreStatus>,
+}
+
+impl AuditStore {
+    /// Opens the store under `config.dir`, creating it, and first turns
+    /// whatever an earlier run left in the write-ahead directory into
+    /// Parquet files.
+    pub fn open(config: StoreConfig) -> Result<(Self, Recovery), StoreError> {
+        let wal_dir = config.dir.join(WAL_DIR);
+        std::fs::create_dir_all(&wal_dir).map_err(StoreError::io("creating", &wal_dir))?;
+        let mut recovery = Recovery {
+            temporaries: files::remove_temporaries(&config.dir),
+            ..Recovery::default()
+        };
+        for path in leftover_segments(&wal_dir)? {
+            match wal::read(&path) {
+                Ok(read) => {
+                    let name = path.file_stem().unwrap_or_default().to_string_lossy();
+                    files::write(&config.dir, &name, &read.batches)?;
+                    std::fs::remove_file(&path).map_err(StoreError::io("removing", &path))?;
+                    recovery.segments += 1;
+                    recovery.events += read
+                        .batches
+                        .iter()
+                        .map(RecordBatch::num_rows)
+                        .sum::<usize>();
+                    recovery.torn += usize::from(read.torn);
+                }
+                Err(_) => {
+                    let aside = path.with_extension("damaged");
+                    std::fs::rename(&path, &aside)
+                        .map_err(StoreError::io("setting aside", &path))?;
+                    recovery.damaged.push(aside);
+                }
+            }
+        }
+        crate::fsync_dir(&wal_dir)?;
+        files::apply_retention(&config.dir, config.retention, Event::now_us());
+        let store = Self {
+            file_host: file_name_safe(&config.host),
+            builder: EventBatchBuilder::new(&config.host, BATCH_ROWS),
+            wal_dir,
+            config,
+            open: None,
+            unsynced: 0,
+            status: Arc::default(),
+        };
+        Ok((store, recovery))
+    }
+
+    /// The store's root directory.
+    pub fn dir(&self) -> &Path {
+        &self.config.dir
+    }
+
+    /// The shared status.
+    pub fn status(&self) -> Arc<StoreStatus> {
+        Arc::clone(&self.status)
+    }
+
+    /// Adds an event to the batch being built (memory only).
+    pub fn push(&mut self, event: &Event) {
+        self.builder.push(event);
+    }
+
+    /// Events pushed but not yet appended to the segment.
+    pub fn pending(&self) -> usize {
+        self.builder.len()
+    }
+
+    /// Appends the batch being built to the segment (opening one if
+    /// needed). Written, not yet durable.
+    pub fn flush(&mut self) -> Result<(), StoreError> {
+        if self.open.is_none() {
+            if self.builder.is_empty() {
+                return Ok(());
+            }
+            self.open = Some(self.new_segment()?);
+        }
+        let open = self.open.as_mut().expect("opened above");
+        if self.builder.is_empty() {
+            return open.segment.retry();
+        }
+        let batch = self.builder.finish();
+        open.rows += batch.num_rows();
+        self.unsynced += batch.num_rows() as u64;
+        open.batches.push(batch);
+        // On failure the batch stays pending in the segment, which writes
+        // it first on the next call.
+        open.segment
+            .append(open.batches.last().expect("pushed above"))
+    }
+
+    /// Flushes and fsyncs: everything pushed so far is durable.
+    pub fn sync(&mut self) -> Result<(), StoreError> {
+        self.flush()?;
+        if let Some(open) = &mut self.open {
+            open.segment.sync()?;
+        }
+        self.status
+            .durable_events
+            .fetch_add(std::mem::take(&mut self.unsynced), Ordering::Release);
+        self.status
+            .last_sync_us
+            .store(Event::now_us(), Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether the segment is due to become Parquet: big enough, old
+    /// enough, or its hour is over.
+    pub fn roll_due(&self) -> bool {
+        self.open.as_ref().is_some_and(|open| {
+            open.rows >= self.config.roll_events
+                || open.opened.elapsed() >= self.config.roll_interval
+                || hour_of(Event::now_us()) != open.hour
+        })
+    }
+
+    /// Turns the segment into Parquet files and removes it, then applies
+    /// retention. Returns the files written.
+    pub fn roll(&mut self) -> Result<Vec<PathBuf>, StoreError> {
+        self.sync()?;
+        let Some(open) = &self.open else {
+            return Ok(Vec::new());
+        };
+        let written = files::write(&self.config.dir, &open.name, &open.batches)?;
+        let path = open.segment.path().to_owned();
+        std::fs::remove_file(&path).map_err(StoreError::io("removing", &path))?;
+        self.open = None;
+        crate::fsync_dir(&self.wal_dir)?;
+        let now = Event::now_us();
+        self.status
+            .files_written
+            .fetch_add(written.len() as u64, Ordering::Relaxed);
+        self.status.last_file_us.store(now, Ordering::Relaxed);
+        files::apply_retention(&self.config.dir, self.config.retention, now);
+        Ok(written)
+    }
+
+    fn new_segment(&self) -> Result<OpenSegment, StoreError> {
+        let now = Event::now_us();
+        let mut random = [0u8; 4];
+        getrandom::fill(&mut random).map_err(|e| StoreError::Io {
+            action: "naming a segment in",
+            path: self.wal_dir.clone(),
+            source: e.into(),
+        })?;
+        let name = format!(
+            "{}-{now:016}-{:08x}",
+            self.file_host,
+            u32::from_be_bytes(random)
+        );
+        let path = self.wal_dir.join(format!("{name}.{}", wal::EXTENSION));
+        Ok(OpenSegment {
+            segment: Segment::create(path)?,
+            name,
+            batches: Vec::new(),
+            rows: 0,
+            opened: Instant::now(),
+            hour: hour_of(now),
+        })
+    }
+}
+
+impl std::fmt::Debug for AuditStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditStore")
+            .field("dir", &self.config.dir)
+            .field("pending", &self.builder.len())
+            .field("segment_rows", &self.open.as_ref().map(|o| o.rows))
+            .finish_non_exhaustive()
+    }
+}
+
+fn hour_of(time_us: i64) -> i64 {
+    time_us.div_euclid(3_600_000_000)
+}
+
+/// Segments in `wal_dir`, oldest first (names start with the host and the
+/// creation time).
+fn leftover_segments(wal_dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
+    let mut out: Vec<PathBuf> = std::fs::read_dir(wal_dir)
+        .map_err(StoreError::io("listing", wal_dir))?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == wal::EXTENSION))
+        .collect();
+    out.sort();
+    Ok(out)
+}
+
+/// `host` with everything but letters, digits, `.`, `_` and `-` replaced,
+/// so it can be part of a file name (and an object-store key).
+fn file_name_safe(host: &str) -> String {
+    let safe: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if safe.is_empty() || safe.starts_with('.') {
+        format!("host{safe}")
+    } else {
+        safe
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path) -> StoreConfig {
+        StoreConfig {
+            dir: dir.to_owned(),
+            host: "origin/1".into(),
+            roll_interval: Duration::from_secs(3600),
+            roll_events: 1_000_000,
+            retention: Retention::default(),
+        }
+    }
+
+    fn event(n: i64) -> Event {
+        Event {
+            time_us: Event::now_us() + n,
+            reason: "policy".into(),
+            request_id: Some(n.to_string()),
+            ..Event::default()
+        }
+    }
+
+    fn rows_in_files(dir: &Path) -> usize {
+        files::list(dir)
+            .iter()
+            .map(|p| {
+                let file = std::fs::File::open(p).unwrap();
+                let reader =
+                    parquet::file::serialized_reader::SerializedFileReader::new(file).unwrap();
+                parquet::file::reader::FileReader::metadata(&reader)
+                    .file_metadata()
+                    .num_rows() as usize
+            })
+            .sum()
+    }
+
+    #[test]
+    fn synced_events_survive_a_crash_and_are_recovered_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, recovery) = AuditStore::open(config(dir.path())).unwrap();
+        assert_eq!(recovery, Recovery::default());
+        for n in 0..10 {
+            store.push(&event(n));
+        }
+        store.sync().unwrap();
+        assert_eq!(store.status().durable_events(), 10);
+        store.push(&event(10));
+        // A crash: the store is gone without a roll.
+        drop(store);
+
+        let (mut store, recovery) = AuditStore::open(config(dir.path())).unwrap();
+        assert_eq!((recovery.segments, recovery.events), (1, 10));
+        assert_eq!(rows_in_files(dir.path()), 10);
+        let names: Vec<String> = files::list(dir.path())
+            .iter()
+            .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        assert!(names[0].starts_with("origin_1-"), "{names:?}");
+        for n in 0..5 {
+            store.push(&event(n));
+        }
+        let written = store.roll().unwrap();
+        assert_eq!(written.len(), 1);
+        assert_eq!(rows_in_files(dir.path()), 15);
+        assert_eq!(
+            leftover_segments(&dir.path().join(WAL_DIR)).unwrap(),
+            Vec::<PathBuf>::new()
+        );
+    }
+
+    #[test]
+    fn a_roll_interrupted_after_the_rename_does_not_double_events() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = AuditStore::open(config(dir.path())).unwrap();
+        for n in 0..7 {
+            store.push(&event(n));
+        }
+        store.sync().unwrap();
+        // The files are in place but the segment is still there, as after a
+        // kill between the rename and the segment's removal.
+        let open = store.open.as_ref().unwrap();
+        files::write(dir.path(), &open.name, &open.batches).unwrap();
+        drop(store);
+        assert_eq!(rows_in_files(dir.path()), 7);
+        let (_, recovery) = AuditStore::open(config(dir.path())).unwrap();
+        assert_eq!(recovery.events, 7);
+        assert_eq!(rows_in_files(dir.path()), 7);
+    }
+
+    #[test]
+    fn a_damaged_segment_is_set_aside_and_does_not_stop_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let wal = dir.path().join(WAL_DIR);
+        std::fs::create_dir_all(&wal).unwrap();
+        std::fs::write(wal.join("x-1.arrows"), b"garbage").unwrap();
+        let (_, recovery) = AuditStore::open(config(dir.path())).unwrap();
+        assert_eq!(recovery.damaged, [wal.join("x-1.damaged")]);
+    }
+
+    #[test]
+    fn a_segment_rolls_when_it_is_full() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = config(dir.path());
+        config.roll_events = 3;
+        let (mut store, _) = AuditStore::open(config).unwrap();
+        assert!(!store.roll_due());
+        store.push(&event(0));
+        store.push(&event(1));
+        store.flush().unwrap();
+        assert!(!store.roll_due());
+        store.push(&event(2));
+        store.flush().unwrap();
+        assert!(store.roll_due());
+        store.roll().unwrap();
+        assert!(!store.roll_due());
+        assert_eq!(store.status().files_written(), 1);
+    }
+
+    #[test]
+    fn host_names_are_made_safe_for_files() {
+        assert_eq!(file_name_safe("web-1.example.com"), "web-1.example.com");
+        assert_eq!(file_name_safe("../x"), "host.._x");
+        assert_eq!(file_name_safe(""), "host");
+    }
+}

@@ -1,0 +1,192 @@
+//! The audit writer: a thread of its own that takes events off the channel
+//! into the [`AuditStore`] (and the JSON-lines file, if one is kept).
+//!
+//! It syncs on a fixed interval, so a `kill -9` loses at most the events of
+//! the last interval, and rolls segments into Parquet when they are due.
+//! After an I/O error (disk full) it stops taking events and retries the
+//! failed step until it succeeds: the channel then fills and the senders'
+//! overflow policy applies, which is what makes "fail closed" mean
+//! something. Encoding and disk I/O never run on the request path's
+//! threads.
+
+use std::{sync::Arc, thread::JoinHandle, time::Duration};
+
+use tokio::{
+    sync::oneshot,
+    time::{MissedTickBehavior, interval},
+};
+use tracing::{info, warn};
+
+use crate::{
+    channel::AuditReceiver,
+    error::StoreError,
+    jsonl::JsonLines,
+    store::{AuditStore, BATCH_ROWS, StoreStatus},
+};
+
+/// How often a failed step is tried again.
+pub const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Where events go.
+#[derive(Debug, Default)]
+pub struct Sinks {
+    /// The columnar store.
+    pub store: Option<AuditStore>,
+    /// A JSON-lines copy.
+    pub jsonl: Option<JsonLines>,
+}
+
+/// The running writer.
+#[derive(Debug)]
+pub struct AuditWriter {
+    status: Option<Arc<StoreStatus>>,
+    done: oneshot::Receiver<Result<(), StoreError>>,
+    thread: JoinHandle<()>,
+}
+
+/// Why the writer did not finish cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum FinishError {
+    /// It did not finish in time; synced events are in the write-ahead
+    /// segment and the next start recovers them.
+    #[error("the audit writer did not finish within {0:?}")]
+    Timeout(Duration),
+    /// The last roll into Parquet failed; same recovery.
+    #[error("the audit writer's last roll failed")]
+    Store(#[source] StoreError),
+    /// The thread panicked.
+    #[error("the audit writer thread panicked")]
+    Panicked,
+}
+
+/// Starts the writer thread, which runs until every sender of `receiver`
+/// is gone and the queue is drained, then rolls what it holds into Parquet.
+pub fn spawn(
+    sinks: Sinks,
+    receiver: AuditReceiver,
+    sync_interval: Duration,
+) -> std::io::Result<AuditWriter> {
+    let status = sinks.store.as_ref().map(AuditStore::status);
+    let (tx, done) = oneshot::channel();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()?;
+    let thread = std::thread::Builder::new()
+        .name("audit-writer".into())
+        .spawn(move || {
+            let result = runtime.block_on(run(sinks, receiver, sync_interval));
+            let _ = tx.send(result);
+        })?;
+    Ok(AuditWriter {
+        status,
+        done,
+        thread,
+    })
+}
+
+impl AuditWriter {
+    /// The store's status, if there is a store.
+    pub fn status(&self) -> Option<Arc<StoreStatus>> {
+        self.status.clone()
+    }
+
+    /// Waits (at most `timeout`) for the writer to drain and close. Call
+    /// after dropping every sender.
+    pub async fn finish(self, timeout: Duration) -> Result<(), FinishError> {
+        let result = match tokio::time::timeout(timeout, self.done).await {
+            Err(_) => return Err(FinishError::Timeout(timeout)),
+            Ok(Err(_)) => Err(FinishError::Panicked),
+            Ok(Ok(result)) => result.map_err(FinishError::Store),
+        };
+        // The thread has sent its result and is returning.
+        let _ = self.thread.join();
+        result
+    }
+}
+
+async fn run(
+    mut sinks: Sinks,
+    mut receiver: AuditReceiver,
+    sync_interval: Duration,
+) -> Result<(), StoreError> {
+    let mut events = Vec::with_capacity(BATCH_ROWS);
+    let mut tick = interval(sync_interval);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            // The interval first: under a flood, syncs still happen on time.
+            biased;
+            _ = tick.tick() => {
+                if let Some(store) = &mut sinks.store {
+                    until_done(store, AuditStore::sync).await;
+                    if store.roll_due() {
+                        until_done(store, |s| s.roll().map(drop)).await;
+                    }
+                }
+                sinks.flush_jsonl();
+            }
+            received = receiver.recv_many(&mut events, BATCH_ROWS) => {
+                if received == 0 {
+                    break;
+                }
+                for event in events.drain(..) {
+                    if let Some(store) = &mut sinks.store {
+                        store.push(&event);
+                    }
+                    if let Some(jsonl) = &mut sinks.jsonl {
+                        jsonl.write(&event);
+                    }
+                }
+                if let Some(store) = &mut sinks.store
+                    && store.pending() >= BATCH_ROWS
+                {
+                    until_done(store, AuditStore::flush).await;
+                }
+                if receiver.backlog() == 0 {
+                    sinks.flush_jsonl();
+                }
+            }
+        }
+    }
+    sinks.flush_jsonl();
+    match &mut sinks.store {
+        Some(store) => store.roll().map(drop),
+        None => Ok(()),
+    }
+}
+
+impl Sinks {
+    fn flush_jsonl(&mut self) {
+        if let Some(jsonl) = &mut self.jsonl {
+            jsonl.flush();
+        }
+    }
+}
+
+/// Runs `step` until it succeeds, reporting the failure (once per distinct
+/// error) and the recovery. Meanwhile no event is taken off the channel.
+async fn until_done(
+    store: &mut AuditStore,
+    step: impl Fn(&mut AuditStore) -> Result<(), StoreError>,
+) {
+    let status = store.status();
+    let mut reported: Option<String> = None;
+    loop {
+        match step(store) {
+            Ok(()) => break,
+            Err(e) => {
+                let message = crate::error_chain(&e);
+                if reported.as_ref() != Some(&message) {
+                    warn!(error = %message, "audit store failing; not taking events until it recovers");
+                    status.set_error(Some(message.clone()));
+                    reported = Some(message);
+                }
+                tokio::time::sleep(RETRY_INTERVAL).await;
+            }
+        }
+    }
+    if reported.is_some() {
+        info!("audit store recovered");
+        status.set_error(None);
+    }
+}
