@@ -30,6 +30,10 @@ use crate::{
     wal::{self, Segment},
 };
 
+/// Where the gateway keeps its audit log unless configured otherwise, and
+/// where the `analytics` command looks by default.
+pub const DEFAULT_DIR: &str = "/var/lib/gateway/audit";
+
 /// Rows per record batch: the unit of a segment append.
 pub const BATCH_ROWS: usize = 8192;
 

@@ -18,7 +18,7 @@ pub const DEFAULT_TOKEN_STORE: &str = "/var/lib/gateway/tokens.json";
 /// Default directory of the gateway's session signing keys.
 pub const DEFAULT_KEY_DIR: &str = "/var/lib/gateway/keys";
 /// Default root of the audit log (Parquet files and write-ahead segments).
-pub const DEFAULT_AUDIT_DIR: &str = "/var/lib/gateway/audit";
+pub const DEFAULT_AUDIT_DIR: &str = analytics::store::DEFAULT_DIR;
 
 /// Default configuration file.
 pub const DEFAULT_CONFIG: &str = "/etc/gateway/gateway.toml";

@@ -14,19 +14,24 @@ use gateway::paths::PinLayout;
 
 use crate::netns::Netns;
 
-/// Path of the gateway binary built for the tests: cargo puts it beside the
-/// `deps/` directory that holds the test executables, and beside the
-/// benchmark binaries (`cargo xtask bench` builds it with them).
+/// Path of the gateway binary built for the tests.
 pub fn gateway_bin() -> PathBuf {
+    built_bin("gateway-under-test")
+}
+
+/// Path of a binary of this package built for the tests: cargo puts it
+/// beside the `deps/` directory that holds the test executables, and beside
+/// the benchmark binaries (`cargo xtask bench` builds it with them).
+pub fn built_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
     exe.ancestors()
         .skip(1)
         .take(2)
-        .map(|dir| dir.join("gateway-under-test"))
+        .map(|dir| dir.join(name))
         .find(|bin| bin.exists())
         .unwrap_or_else(|| {
             panic!(
-                "no gateway-under-test beside {}: run the tests with `cargo test` or \
+                "no {name} beside {}: run the tests with `cargo test` or \
                  `cargo xtask test`, which build it",
                 exe.display()
             )

@@ -14,10 +14,12 @@
 //! - [`gateway`]: the identity gateway with relay, upstream and clients.
 //! - [`nginx`]: Debian's nginx as a benchmark peer.
 //! - [`report`]: benchmark results as rows, JSON and a table.
+//! - [`audit`]: synthetic audit logs, the `analytics` command, DuckDB.
 //!
 //! Privileged tests call [`require_root`] first: without root they fail with
 //! a message saying so, they never skip.
 
+pub mod audit;
 pub mod daemon;
 pub mod filter;
 pub mod gateway;

@@ -4,7 +4,9 @@
 //! 2. `bpf-linker`, built against nightly's own LLVM: the LLVM major version
 //!    comes from `rustc +nightly -vV`, and a `lib/libLLVM.so` symlink to the
 //!    toolchain's library is the `LLVM_PREFIX` bpf-linker's build links to;
-//! 3. the Debian packages the tests and benchmarks drive.
+//! 3. the Debian packages the tests and benchmarks drive;
+//! 4. the Python packages (PyPI) the interoperability tests read our
+//!    Parquet files with: DuckDB and pyarrow.
 //!
 //! Each step checks first and does nothing when already done.
 
@@ -30,11 +32,61 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ethtool", "GRO on the benchmark's veth pair"),
 ];
 
+/// PyPI packages (pinned), with what needs them.
+const PYTHON_PACKAGES: &[(&str, &str, &str)] = &[
+    (
+        "duckdb",
+        "1.5.6",
+        "reading the audit logs in the interoperability tests and the audit benchmark",
+    ),
+    (
+        "pyarrow",
+        "26.0.1",
+        "reading the audit logs in the interoperability tests",
+    ),
+];
+
 pub fn run() -> anyhow::Result<()> {
     nightly_rust_src()?;
     bpf_linker()?;
     debian_packages(PACKAGES)?;
+    python_packages(PYTHON_PACKAGES)?;
     Ok(())
+}
+
+/// Installs whichever of `packages` (name, version, what needs it) the
+/// machine's `python3` cannot import at that version.
+pub fn python_packages(packages: &[(&str, &str, &str)]) -> anyhow::Result<()> {
+    let missing: Vec<String> = packages
+        .iter()
+        .filter(|(name, version, _)| {
+            let check = format!(
+                "import importlib.metadata as m, sys; sys.exit(m.version('{name}') != '{version}')"
+            );
+            !succeeds(Command::new("python3").args(["-c", &check]))
+        })
+        .map(|(name, version, _)| format!("{name}=={version}"))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let why: Vec<String> = packages
+        .iter()
+        .map(|(name, _, why)| format!("{name} ({why})"))
+        .collect();
+    eprintln!("setup: installing {}", missing.join(" "));
+    exec(
+        Command::new("python3")
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+            ])
+            .args(&missing),
+    )
+    .with_context(|| format!("cannot install {}", why.join(", ")))
 }
 
 fn rustup() -> Command {

@@ -1,0 +1,172 @@
+//! The command line.
+//!
+//! ```text
+//! analytics [--dir DIR] query "SELECT ..." [--format table|csv|json|parquet] [--output FILE]
+//! analytics [--dir DIR] report denials|refused|dropped|tokens|timeline [--since 24h] [--sql]
+//! analytics schema
+//! ```
+//!
+//! Errors are one line on stderr and exit status 1; a damaged file is a
+//! warning on stderr and the query goes on without it.
+
+use std::{
+    fs::File,
+    io::{BufWriter, IsTerminal as _, Write},
+    path::PathBuf,
+    process::ExitCode,
+    time::Duration,
+};
+
+use analytics::schema::{self, COLUMN_DOCS};
+use chrono::Utc;
+use clap::{Parser, Subcommand};
+
+use crate::{
+    output::{self, Format, OutputError},
+    progress::Progress,
+    query::Decisions,
+    reports::Report,
+};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "analytics",
+    version,
+    about = "SQL over the gateway's audit logs: every XDP and HTTP decision, in the table `decisions`"
+)]
+struct Cli {
+    /// The audit log directory (the gateway's `audit.dir`).
+    #[arg(long, global = true, default_value = analytics::store::DEFAULT_DIR)]
+    dir: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run SQL over the `decisions` table.
+    Query {
+        /// The query, e.g. "SELECT reason, count(*) FROM decisions GROUP BY reason".
+        sql: String,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Run a built-in report.
+    Report {
+        /// Which report.
+        #[arg(value_enum)]
+        report: Report,
+        /// Only decisions this recent (e.g. `24h`, `7d`).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        since: Option<Duration>,
+        /// Print the report's SQL instead of running it.
+        #[arg(long)]
+        sql: bool,
+        #[command(flatten)]
+        output: OutputArgs,
+    },
+    /// Describe the columns of `decisions`.
+    Schema,
+}
+
+#[derive(Debug, clap::Args)]
+struct OutputArgs {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+    /// Write to this file instead of stdout.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+}
+
+/// Parses the command line, runs it, and turns failures into a message and
+/// an exit status.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(&format!("cannot start: {e}")),
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        // `analytics ... | head` closing the pipe early is not a failure.
+        Err(OutputError::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+        Err(e) => fail(&analytics::error_chain(&e)),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("analytics: error: {message}");
+    ExitCode::FAILURE
+}
+
+async fn run(cli: Cli) -> Result<(), OutputError> {
+    match cli.command {
+        Command::Query { sql, output } => query(&cli.dir, &sql, &output).await,
+        Command::Report {
+            report,
+            since,
+            sql,
+            output,
+        } => {
+            let since = since
+                .and_then(|d| chrono::Duration::from_std(d).ok())
+                .and_then(|d| Utc::now().checked_sub_signed(d));
+            let text = report.sql(since);
+            if sql {
+                println!("{text}");
+                return Ok(());
+            }
+            query(&cli.dir, &text, &output).await
+        }
+        Command::Schema => {
+            let schema = schema::schema();
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{:<16} {:<28} description", "column", "type")?;
+            for (field, (_, doc)) in schema.fields().iter().zip(COLUMN_DOCS) {
+                let ty = field.data_type().to_string();
+                writeln!(out, "{:<16} {ty:<28} {doc}", field.name())?;
+            }
+            writeln!(out, "{:<16} {:<28} partition (UTC day)", "date", "Date32")?;
+            writeln!(
+                out,
+                "{:<16} {:<28} partition (UTC hour, 0-23)",
+                "hour", "Int32"
+            )?;
+            Ok(())
+        }
+    }
+}
+
+async fn query(dir: &std::path::Path, sql: &str, output: &OutputArgs) -> Result<(), OutputError> {
+    if output.format == Format::Parquet
+        && output.output.is_none()
+        && std::io::stdout().is_terminal()
+    {
+        return Err(OutputError::Encode(
+            "Parquet is binary: write it with --output FILE or into a pipe".into(),
+        ));
+    }
+    let decisions = Decisions::open_dir(dir).await?;
+    for damaged in &decisions.damaged {
+        eprintln!(
+            "analytics: warning: skipping damaged file {}: {}",
+            damaged.path, damaged.reason
+        );
+    }
+    let frame = decisions.sql(sql).await?;
+    let _progress = Progress::start(decisions.read.clone(), decisions.bytes);
+    match &output.output {
+        Some(path) => {
+            let file = File::create(path)?;
+            output::write(frame, output.format, BufWriter::new(file)).await?;
+        }
+        None => {
+            output::write(frame, output.format, BufWriter::new(std::io::stdout())).await?;
+        }
+    }
+    Ok(())
+}

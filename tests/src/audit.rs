@@ -1,0 +1,209 @@
+//! Audit logs for tests and benchmarks: realistic synthetic decisions
+//! written through the real store, the `analytics` command built for the
+//! tests, and DuckDB (from PyPI, installed by `cargo xtask setup`) reading
+//! the same files.
+
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    time::Duration,
+};
+
+use analytics::{AuditStore, Decision, Event, Layer, Retention, StoreConfig};
+use rand::{Rng as _, SeedableRng as _, rngs::SmallRng};
+
+/// 2026-11-23T07:00:00Z, the start of the synthetic logs.
+pub const START_US: i64 = 1_795_417_200_000_000;
+
+/// `n` decisions over `span_us` from [`START_US`]: about a third XDP drop
+/// records from a few hundred sources, the rest HTTP requests by a few
+/// hundred users and service tokens to five apps, one in eight refused.
+/// The same seed gives the same events.
+pub fn synthetic_events(n: usize, span_us: i64, seed: u64) -> impl Iterator<Item = Event> {
+    let mut rng = SmallRng::seed_from_u64(seed);
+    let apps = ["wiki", "grafana", "ci", "billing", "admin"];
+    let reasons_denied = ["no_credentials", "jwt_expired", "policy", "bad_signature"];
+    (0..n).map(move |i| {
+        let time_us = START_US + (i as i64 * span_us) / n.max(1) as i64;
+        if rng.random_ratio(1, 3) {
+            let source = if rng.random_ratio(1, 10) {
+                IpAddr::V6(Ipv6Addr::new(
+                    0x2001,
+                    0xdb8,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    rng.random_range(1..50),
+                ))
+            } else {
+                IpAddr::V4(Ipv4Addr::new(203, 0, 113, rng.random_range(1..250)))
+            };
+            let packets = rng.random_range(1..500);
+            return Event {
+                time_us,
+                layer: Some(Layer::Xdp),
+                decision: Some(Decision::Deny),
+                reason: "source_not_relay".into(),
+                client_ip: Some(source),
+                protocol: Some("tcp".into()),
+                dst_port: Some([443, 80, 22][rng.random_range(0..3)]),
+                packets: Some(packets),
+                bytes: Some(packets * 60),
+                interval_us: Some(rng.random_range(0..1_000_000)),
+                ..Event::default()
+            };
+        }
+        let denied = rng.random_ratio(1, 8);
+        let by_token = rng.random_ratio(1, 6);
+        let user = rng.random_range(0..300);
+        let token = rng.random_range(0..20);
+        let app = apps[rng.random_range(0..apps.len())];
+        Event {
+            time_us,
+            layer: Some(Layer::Http),
+            decision: Some(if denied {
+                Decision::Deny
+            } else {
+                Decision::Allow
+            }),
+            reason: if denied {
+                reasons_denied[rng.random_range(0..reasons_denied.len())].into()
+            } else {
+                "policy".into()
+            },
+            app: Some(app.into()),
+            policy: Some(format!("{app}-users")),
+            rule: Some(0),
+            email: (!by_token).then(|| format!("user{user}@example.com")),
+            subject: (!by_token).then(|| format!("sub-{user}")),
+            auth_method: Some(if by_token { "service_token" } else { "jwt" }.into()),
+            token_client_id: by_token.then(|| format!("{token:032x}.access")),
+            token_name: by_token.then(|| format!("bot-{token}")),
+            country: Some(["DE", "US", "FR", "JP"][rng.random_range(0..4)].into()),
+            client_ip: Some(IpAddr::V4(Ipv4Addr::new(
+                198,
+                51,
+                100,
+                rng.random_range(1..250),
+            ))),
+            client_port: Some(rng.random_range(1024..65535)),
+            protocol: Some("HTTP/1.1".into()),
+            method: Some(
+                if rng.random_ratio(1, 5) {
+                    "POST"
+                } else {
+                    "GET"
+                }
+                .into(),
+            ),
+            hostname: Some(format!("{app}.example.com")),
+            path: Some(format!(
+                "/{}/{}",
+                ["api", "static", "ui"][rng.random_range(0..3)],
+                rng.random_range(0..100)
+            )),
+            status: Some(if denied { 403 } else { 200 }),
+            latency_us: Some(rng.random_range(100..50_000)),
+            bytes: Some(rng.random_range(0..100_000)),
+            request_id: Some(format!(
+                "{:016x}{:016x}",
+                rng.random::<u64>(),
+                rng.random::<u64>()
+            )),
+            token_issuer: Some("https://team.cloudflareaccess.com".into()),
+            key_id: Some("key-1".into()),
+            ..Event::default()
+        }
+    })
+}
+
+/// The store settings the tests write with: host `test-host`, no retention.
+pub fn store_config(dir: &Path) -> StoreConfig {
+    StoreConfig {
+        dir: dir.to_owned(),
+        host: "test-host".into(),
+        roll_interval: Duration::from_secs(3600),
+        roll_events: 1_000_000,
+        retention: Retention::default(),
+    }
+}
+
+/// Writes `events` into a store at `dir` through the real write path
+/// (segment, sync, roll into Parquet).
+pub fn write_events(dir: &Path, events: impl IntoIterator<Item = Event>) {
+    let (mut store, _) = AuditStore::open(store_config(dir)).expect("open the audit store");
+    for (i, event) in events.into_iter().enumerate() {
+        store.push(&event);
+        if i % analytics::store::BATCH_ROWS == 0 {
+            store.flush().expect("flush");
+        }
+    }
+    store.roll().expect("roll into Parquet");
+}
+
+/// Path of the `analytics` command built for the tests (beside the test
+/// executables, like the gateway's).
+pub fn analytics_bin() -> PathBuf {
+    crate::daemon::built_bin("analytics-under-test")
+}
+
+/// Runs `analytics --dir DIR ARGS...`.
+pub fn analytics(dir: &Path, args: &[&str]) -> Output {
+    Command::new(analytics_bin())
+        .arg("--dir")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("run analytics")
+}
+
+/// The DuckDB view of the same files our `decisions` table reads: every
+/// `*.parquet` under `dir`, with the Hive partitions typed as ours are.
+const DUCKDB: &str = r#"
+import datetime, decimal, duckdb, json, sys
+directory, sql = sys.argv[1], sys.argv[2]
+con = duckdb.connect()
+files = (directory + "/**/*.parquet").replace("'", "''")
+con.execute(
+    f"CREATE VIEW decisions AS SELECT * FROM read_parquet('{files}', hive_partitioning = true, "
+    "hive_types = {'date': DATE, 'hour': INTEGER})"
+)
+result = con.execute(sql)
+columns = [c[0] for c in result.description]
+def plain(value):
+    if isinstance(value, (datetime.datetime, datetime.date)):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return int(value)
+    return value
+for row in result.fetchall():
+    print(json.dumps({c: plain(v) for c, v in zip(columns, row)}))
+"#;
+
+/// Runs `sql` in DuckDB over the logs under `dir`; rows as JSON objects.
+pub fn duckdb(dir: &Path, sql: &str) -> Vec<serde_json::Value> {
+    let out = Command::new("python3")
+        .args(["-c", DUCKDB])
+        .arg(dir)
+        .arg(sql)
+        .output()
+        .expect("python3 (run `cargo xtask setup` for duckdb)");
+    assert!(
+        out.status.success(),
+        "duckdb failed on {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    json_lines(&out.stdout)
+}
+
+/// Parses JSON lines.
+pub fn json_lines(bytes: &[u8]) -> Vec<serde_json::Value> {
+    String::from_utf8_lossy(bytes)
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}

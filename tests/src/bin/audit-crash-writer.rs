@@ -1,0 +1,67 @@
+//! A process the audit crash test kills with SIGKILL: it opens an audit
+//! store (recovering whatever the last killed run left), then feeds
+//! numbered events through the real channel and writer as fast as the
+//! writer takes them, printing `durable N` whenever the writer reports more
+//! events fsynced. Every event numbered below the last N printed must
+//! survive the kill.
+//!
+//! Usage: `audit-crash-writer DIR RUN ROLL_EVENTS`. Events carry
+//! `request_id = "RUN-SEQ"`.
+
+use std::{io::Write as _, path::PathBuf, time::Duration};
+
+use analytics::{AuditStore, Event, Overflow, Retention, Sinks, StoreConfig, writer};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, dir, run, roll_events] = &args[..] else {
+        panic!("usage: audit-crash-writer DIR RUN ROLL_EVENTS");
+    };
+    let (store, recovery) = AuditStore::open(StoreConfig {
+        dir: PathBuf::from(dir),
+        host: "crash-test".into(),
+        roll_interval: Duration::from_secs(3600),
+        roll_events: roll_events.parse().expect("ROLL_EVENTS"),
+        retention: Retention::default(),
+    })
+    .expect("open the store");
+    let status = store.status();
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "recovered {}", recovery.events).unwrap();
+    let (sender, receiver) = analytics::channel(4096);
+    let _writer = writer::spawn(
+        Sinks {
+            store: Some(store),
+            jsonl: None,
+        },
+        receiver,
+        Duration::from_millis(10),
+    )
+    .expect("start the writer");
+
+    // Bounded even if nobody kills it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut reported = 0;
+    for seq in 0u64.. {
+        if std::time::Instant::now() > deadline {
+            break;
+        }
+        let event = Event {
+            time_us: Event::now_us(),
+            reason: "policy".into(),
+            request_id: Some(format!("{run}-{seq}")),
+            ..Event::default()
+        };
+        // A full channel refuses; the same event is offered again, so the
+        // numbering has no gaps.
+        while sender.send(event.clone(), Overflow::FailClosed).is_err() {
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let durable = status.durable_events();
+        if durable != reported {
+            writeln!(out, "durable {durable}").unwrap();
+            out.flush().unwrap();
+            reported = durable;
+        }
+    }
+}
