@@ -63,7 +63,7 @@ pub struct Event {
     /// What it decided.
     pub decision: Option<Decision>,
     /// Machine-readable reason, e.g. `policy`, `jwt_expired`, `no_credentials`,
-    /// `source_not_relay`.
+    /// `dropped_not_allowed`.
     pub reason: String,
     /// The application (HTTP).
     pub app: Option<String>,

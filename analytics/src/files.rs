@@ -18,8 +18,9 @@
 //! temporary names (they neither end in `.parquet` nor are visible).
 
 use std::{
-    fs::File,
+    fs::OpenOptions,
     io::BufWriter,
+    os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
     sync::Arc,
 };
@@ -139,7 +140,14 @@ fn write_file(path: &Path, batch: &RecordBatch) -> Result<(), StoreError> {
     let file_name = path.file_name().expect("named").to_string_lossy();
     let tmp = dir.join(format!(".{file_name}.tmp"));
     let result = (|| {
-        let file = File::create(&tmp).map_err(StoreError::io("creating", &tmp))?;
+        // Identities and addresses: not for every local user to read.
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o640)
+            .open(&tmp)
+            .map_err(StoreError::io("creating", &tmp))?;
         let mut writer = ArrowWriter::try_new(
             BufWriter::with_capacity(1 << 20, file),
             Arc::clone(batch.schema_ref()),
@@ -292,6 +300,8 @@ mod tests {
         arrow::arrow_reader::ParquetRecordBatchReaderBuilder, file::reader::FileReader,
         file::serialized_reader::SerializedFileReader,
     };
+
+    use std::fs::File;
 
     use super::*;
     use crate::{event::Event, schema::EventBatchBuilder};

@@ -133,7 +133,7 @@ columns! {
     layer: dict = event.layer.map(|l| l.as_str());
     /// `allow`, `bypass` or `deny`.
     decision: dict = event.decision.map(|d| d.as_str());
-    /// Why, event.g. `policy`, `jwt_expired`, `source_not_relay`, `audit_overflow`.
+    /// Why, e.g. `policy`, `jwt_expired`, `dropped_not_allowed`, `audit_overflow`.
     reason: dict required = Some(event.reason.as_str());
     /// The application (HTTP).
     app: dict = event.app.as_deref();
@@ -194,6 +194,20 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
 /// The audit schema.
 pub fn schema() -> SchemaRef {
     SCHEMA.clone()
+}
+
+/// The SQL type a column of `data_type` has in DuckDB, Trino, Spark and
+/// DataFusion alike, for documentation.
+pub fn sql_type(data_type: &DataType) -> &'static str {
+    match data_type {
+        DataType::Timestamp(_, Some(_)) => "TIMESTAMP WITH TIME ZONE",
+        DataType::Dictionary(..) => "VARCHAR (dictionary)",
+        DataType::Utf8 => "VARCHAR",
+        DataType::Int32 => "INTEGER",
+        DataType::Int64 => "BIGINT",
+        DataType::Date32 => "DATE",
+        _ => "other",
+    }
 }
 
 /// Collects events into one record batch of [`schema`]. `host` fills the
@@ -288,6 +302,24 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_documents_every_column() {
+        let readme =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+        let table = readme
+            .split("### Schema (version ")
+            .nth(1)
+            .expect("a schema section");
+        assert!(table.starts_with(&format!("{SCHEMA_VERSION})")));
+        let table = table.split("\n\n").find(|p| p.starts_with('|')).unwrap();
+        for name in COLUMN_NAMES {
+            assert!(
+                table.contains(&format!("`{name}`")),
+                "README: no row for {name}"
+            );
+        }
+    }
+
+    #[test]
     fn events_become_rows_with_nulls_for_what_does_not_apply() {
         let mut builder = EventBatchBuilder::new("origin-1", 4);
         builder.push(&Event {
@@ -306,7 +338,7 @@ mod tests {
             time_us: 1_700_000_001_000_000,
             layer: Some(Layer::Xdp),
             decision: Some(Decision::Deny),
-            reason: "source_not_relay".into(),
+            reason: "dropped_not_allowed".into(),
             client_ip: Some("203.0.113.9".parse::<IpAddr>().unwrap()),
             dst_port: Some(443),
             packets: Some(12),

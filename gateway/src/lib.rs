@@ -29,17 +29,9 @@ pub mod sessions;
 pub mod tokens;
 pub mod xdp;
 
-/// An error with its causes joined by ": ", for one log line or one message.
-pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
-}
+/// An error with its causes joined by ": ", for one log line or one
+/// message (shared with the audit writer's logs).
+pub use analytics::error_chain;
 
 /// Seconds since the Unix epoch (0 if the clock is before it), the unit of
 /// token lifetimes and JWT claims.

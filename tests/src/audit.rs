@@ -46,7 +46,7 @@ pub fn synthetic_events(n: usize, span_us: i64, seed: u64) -> impl Iterator<Item
                 time_us,
                 layer: Some(Layer::Xdp),
                 decision: Some(Decision::Deny),
-                reason: "source_not_relay".into(),
+                reason: "dropped_not_allowed".into(),
                 client_ip: Some(source),
                 protocol: Some("tcp".into()),
                 dst_port: Some([443, 80, 22][rng.random_range(0..3)]),
