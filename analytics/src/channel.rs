@@ -120,21 +120,11 @@ impl Drop for Slot {
 }
 
 impl AuditReceiver {
-    /// The next event; `None` once every sender is gone and the channel is
-    /// drained. Events lost to overflow are reported as one `audit_overflow`
-    /// event carrying their count in `packets`, as soon as they are noticed.
-    pub async fn recv(&mut self) -> Option<Event> {
-        if let Some(event) = self.take_lost() {
-            return Some(event);
-        }
-        let event = self.rx.recv().await;
-        // A loss counted while waiting is reported at the next call.
-        event.or_else(|| self.take_lost())
-    }
-
     /// Appends up to `limit` events to `buffer`, waiting only if none is
     /// ready; returns how many (0 once every sender is gone and the channel
-    /// is drained). Losses are reported as in [`recv`](Self::recv).
+    /// is drained). Events lost to overflow are reported first, as one
+    /// `audit_overflow` event carrying their count in `packets`, as soon as
+    /// they are noticed (a loss counted while waiting, at the next call).
     pub async fn recv_many(&mut self, buffer: &mut Vec<Event>, limit: usize) -> usize {
         let limit = limit.max(1);
         let Some(lost) = self.take_lost() else {
@@ -186,6 +176,12 @@ mod tests {
         }
     }
 
+    /// One event at a time.
+    async fn recv(rx: &mut AuditReceiver) -> Option<Event> {
+        let mut buffer = Vec::new();
+        (rx.recv_many(&mut buffer, 1).await > 0).then(|| buffer.remove(0))
+    }
+
     #[tokio::test]
     async fn fail_closed_refuses_when_full_and_count_and_drop_reports_the_loss() {
         let (tx, mut rx) = channel(2);
@@ -196,16 +192,16 @@ mod tests {
         tx.send(event("d"), Overflow::CountAndDrop).unwrap();
         tx.send(event("e"), Overflow::CountAndDrop).unwrap();
         assert_eq!(tx.lost(), 2);
-        let first = rx.recv().await.unwrap();
+        let first = recv(&mut rx).await.unwrap();
         assert_eq!(first.reason, "audit_overflow");
         assert_eq!(first.packets, Some(2));
-        assert_eq!(rx.recv().await.unwrap().reason, "a");
-        assert_eq!(rx.recv().await.unwrap().reason, "b");
+        assert_eq!(recv(&mut rx).await.unwrap().reason, "a");
+        assert_eq!(recv(&mut rx).await.unwrap().reason, "b");
         // A slot dropped unfilled is a lost event, not a silent one.
         drop(tx.reserve(Overflow::FailClosed).unwrap());
-        assert_eq!(rx.recv().await.unwrap().packets, Some(1));
+        assert_eq!(recv(&mut rx).await.unwrap().packets, Some(1));
         drop(tx);
-        assert_eq!(rx.recv().await, None);
+        assert_eq!(recv(&mut rx).await, None);
     }
 
     #[tokio::test]

@@ -193,8 +193,7 @@ fn create_dirs(dir: &Path) -> Result<(), StoreError> {
     }
 }
 
-/// The hour partitions under `root`, oldest first, as (relative path,
-/// directory).
+/// The hour partition directories under `root`, oldest first.
 pub fn partitions(root: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for date in sorted_entries(root, "date=") {
@@ -212,9 +211,12 @@ pub fn list(root: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// A finished file: `*.parquet`, not a hidden temporary.
 fn is_finished(path: &Path) -> bool {
-    let name = path.file_name().unwrap_or_default().to_string_lossy();
-    !name.starts_with('.') && name.ends_with(&format!(".{EXTENSION}"))
+    path.extension().is_some_and(|e| e == EXTENSION)
+        && !path
+            .file_name()
+            .is_some_and(|n| n.as_encoded_bytes().starts_with(b"."))
 }
 
 fn sorted_entries(dir: &Path, prefix: &str) -> Vec<PathBuf> {

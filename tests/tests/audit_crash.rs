@@ -13,8 +13,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use analytics::{AuditStore, Retention, StoreConfig, files};
+use analytics::{AuditStore, files};
 use arrow::array::AsArray;
+use gateway_tests::audit;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rand::{Rng as _, SeedableRng as _, rngs::SmallRng};
 
@@ -122,14 +123,7 @@ fn events_reported_durable_survive_sigkill_exactly_once() {
         acknowledged.push(killed_run(dir.path(), run, after, early));
     }
 
-    let (_store, recovery) = AuditStore::open(StoreConfig {
-        dir: dir.path().to_owned(),
-        host: "crash-test".into(),
-        roll_interval: Duration::from_secs(3600),
-        roll_events: 3000,
-        retention: Retention::default(),
-    })
-    .unwrap();
+    let (_store, recovery) = AuditStore::open(audit::store_config(dir.path())).unwrap();
     assert!(recovery.damaged.is_empty(), "{recovery:?}");
     assert_eq!(
         std::fs::read_dir(dir.path().join(".wal")).unwrap().count(),

@@ -159,14 +159,10 @@ async fn query(dir: &std::path::Path, sql: &str, output: &OutputArgs) -> Result<
     }
     let frame = decisions.sql(sql).await?;
     let _progress = Progress::start(decisions.read.clone(), decisions.bytes);
-    match &output.output {
-        Some(path) => {
-            let file = File::create(path)?;
-            output::write(frame, output.format, BufWriter::new(file)).await?;
-        }
-        None => {
-            output::write(frame, output.format, BufWriter::new(std::io::stdout())).await?;
-        }
-    }
+    let out: Box<dyn Write + Send> = match &output.output {
+        Some(path) => Box::new(File::create(path)?),
+        None => Box::new(std::io::stdout()),
+    };
+    output::write(frame, output.format, BufWriter::new(out)).await?;
     Ok(())
 }

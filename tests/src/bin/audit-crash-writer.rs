@@ -8,9 +8,10 @@
 //! Usage: `audit-crash-writer DIR RUN ROLL_EVENTS`. Events carry
 //! `request_id = "RUN-SEQ"`.
 
-use std::{io::Write as _, path::PathBuf, time::Duration};
+use std::{io::Write as _, path::Path, time::Duration};
 
-use analytics::{AuditStore, Event, Overflow, Retention, Sinks, StoreConfig, writer};
+use analytics::{AuditStore, Event, Overflow, Sinks, StoreConfig, writer};
+use gateway_tests::audit;
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -18,11 +19,8 @@ fn main() {
         panic!("usage: audit-crash-writer DIR RUN ROLL_EVENTS");
     };
     let (store, recovery) = AuditStore::open(StoreConfig {
-        dir: PathBuf::from(dir),
-        host: "crash-test".into(),
-        roll_interval: Duration::from_secs(3600),
         roll_events: roll_events.parse().expect("ROLL_EVENTS"),
-        retention: Retention::default(),
+        ..audit::store_config(Path::new(dir))
     })
     .expect("open the store");
     let status = store.status();
