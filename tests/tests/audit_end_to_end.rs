@@ -9,7 +9,7 @@ use std::{net::UdpSocket, time::Duration};
 use gateway_tests::{
     audit::{analytics, json_lines},
     daemon::Daemon,
-    filter::unique_pin_dir,
+    filter::{PinGuard, unique_pin_dir},
     netns::{Topology, addr::*},
     pin_thread_to_cpu, require_root,
 };
@@ -20,6 +20,8 @@ fn an_xdp_drop_and_an_http_refusal_appear_in_the_sql_output() {
     require_root();
     let topology = Topology::new();
     let layout = unique_pin_dir("audit-e2e");
+    // Dropped after the daemon: the stopped daemon leaves the filter pinned.
+    let _pins = PinGuard(layout.clone());
     let dir = tempfile::tempdir().unwrap();
     let audit_dir = dir.path().join("audit");
     let config = dir.path().join("gateway.toml");
