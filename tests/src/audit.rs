@@ -11,6 +11,8 @@ use std::{
 };
 
 use analytics::{AuditStore, Decision, Event, Layer, Retention, StoreConfig};
+use arrow::array::AsArray as _;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rand::{Rng as _, SeedableRng as _, rngs::SmallRng};
 
 /// 2026-11-23T07:00:00Z, the start of the synthetic logs.
@@ -132,16 +134,43 @@ pub fn store_config(dir: &Path) -> StoreConfig {
 }
 
 /// Writes `events` into a store at `dir` through the real write path
-/// (segment, sync, roll into Parquet).
+/// (segment, sync, a roll into Parquet per million events).
 pub fn write_events(dir: &Path, events: impl IntoIterator<Item = Event>) {
     let (mut store, _) = AuditStore::open(store_config(dir)).expect("open the audit store");
-    for (i, event) in events.into_iter().enumerate() {
+    for event in events {
         store.push(&event);
-        if i % analytics::store::BATCH_ROWS == 0 {
+        if store.pending() == analytics::store::BATCH_ROWS {
             store.flush().expect("flush");
+            if store.roll_due() {
+                store.roll().expect("roll into Parquet");
+            }
         }
     }
     store.roll().expect("roll into Parquet");
+}
+
+/// The `request_id` of every event in the Parquet files under `dir`
+/// (tests number their events there).
+pub fn request_ids(dir: &Path) -> Vec<String> {
+    let mut ids = Vec::new();
+    for path in analytics::files::list(dir) {
+        let file = std::fs::File::open(&path).expect("open a Parquet file");
+        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
+            .and_then(|b| b.build())
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        for batch in reader {
+            let batch = batch.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            let column = batch.column_by_name("request_id").expect("request_id");
+            ids.extend(
+                column
+                    .as_string::<i32>()
+                    .iter()
+                    .flatten()
+                    .map(str::to_owned),
+            );
+        }
+    }
+    ids
 }
 
 /// Path of the `analytics` command built for the tests (beside the test

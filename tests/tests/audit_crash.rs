@@ -14,9 +14,7 @@ use std::{
 };
 
 use analytics::{AuditStore, files};
-use arrow::array::AsArray;
 use gateway_tests::audit;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rand::{Rng as _, SeedableRng as _, rngs::SmallRng};
 
 /// Runs of the writer, each killed at a random moment.
@@ -83,25 +81,11 @@ fn killed_run(dir: &Path, run: u64, after: Duration, early: bool) -> u64 {
 /// Sequence numbers per run found in the files.
 fn events_per_run(dir: &Path) -> BTreeMap<u64, Vec<u64>> {
     let mut runs: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
-    for path in files::list(dir) {
-        let file = std::fs::File::open(&path).unwrap();
-        let reader = ParquetRecordBatchReaderBuilder::try_new(file)
-            .unwrap()
-            .build()
-            .unwrap();
-        for batch in reader {
-            let batch = batch.unwrap();
-            let ids = batch
-                .column_by_name("request_id")
-                .unwrap()
-                .as_string::<i32>();
-            for id in ids.iter() {
-                let (run, seq) = id.unwrap().split_once('-').unwrap();
-                runs.entry(run.parse().unwrap())
-                    .or_default()
-                    .push(seq.parse().unwrap());
-            }
-        }
+    for id in audit::request_ids(dir) {
+        let (run, seq) = id.split_once('-').unwrap();
+        runs.entry(run.parse().unwrap())
+            .or_default()
+            .push(seq.parse().unwrap());
     }
     runs
 }
