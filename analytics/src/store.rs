@@ -311,6 +311,13 @@ fn hour_of(time_us: i64) -> i64 {
     time_us.div_euclid(3_600_000_000)
 }
 
+/// The write-ahead segments under the store root `root`, oldest first:
+/// events not yet in Parquet (what `analytics tail` reads besides the
+/// files).
+pub fn segments(root: &Path) -> Vec<PathBuf> {
+    leftover_segments(&root.join(WAL_DIR)).unwrap_or_default()
+}
+
 /// Segments in `wal_dir`, oldest first (names start with the host and the
 /// creation time).
 fn leftover_segments(wal_dir: &Path) -> Result<Vec<PathBuf>, StoreError> {

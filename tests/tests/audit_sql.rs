@@ -287,3 +287,54 @@ fn a_damaged_file_is_skipped_with_a_warning() {
     );
     assert_eq!(canonical(json_lines(&out.stdout)), before);
 }
+
+/// The timeline chart: a well-formed SVG (parsed by Python's XML parser)
+/// with one line per layer and decision, a point per hour, and the legend.
+#[test]
+fn the_timeline_report_draws_an_svg_chart() {
+    let dir = logs();
+    let chart = dir.path().join("timeline.svg");
+    let out = analytics(
+        dir.path(),
+        &["report", "timeline", "--chart", chart.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines = Command::new("python3")
+        .args([
+            "-c",
+            "import sys, xml.etree.ElementTree as ET\n\
+             ns = '{http://www.w3.org/2000/svg}'\n\
+             root = ET.parse(sys.argv[1]).getroot()\n\
+             for p in root.iter(ns + 'polyline'):\n\
+             \x20   print(len(p.get('points').split()))\n\
+             for t in root.iter(ns + 'text'):\n\
+             \x20   print('text', (t.text or '').strip())",
+        ])
+        .arg(&chart)
+        .output()
+        .unwrap();
+    assert!(
+        lines.status.success(),
+        "not an SVG document: {}",
+        String::from_utf8_lossy(&lines.stderr)
+    );
+    let lines = String::from_utf8_lossy(&lines.stdout);
+    // Three hours of data: http allow, http deny, xdp deny.
+    let three_point_lines = lines.lines().filter(|l| *l == "3").count();
+    assert_eq!(three_point_lines, 3, "{lines}");
+    for label in ["http allow", "http deny", "xdp deny"] {
+        assert!(lines.contains(&format!("text {label}")), "{label}: {lines}");
+    }
+
+    // Only the timeline draws.
+    let out = analytics(
+        dir.path(),
+        &["report", "denials", "--chart", chart.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("timeline report only"));
+}

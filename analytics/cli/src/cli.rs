@@ -3,6 +3,8 @@
 //! ```text
 //! analytics [--dir DIR] query "SELECT ..." [--format table|csv|json|parquet] [--output FILE]
 //! analytics [--dir DIR] report denials|refused|dropped|tokens|timeline [--since 24h] [--sql]
+//! analytics [--dir DIR] report timeline --chart decisions.svg
+//! analytics [--dir DIR] tail [-n 10] [--follow] [--format text|json]
 //! analytics schema
 //! ```
 //!
@@ -12,7 +14,7 @@
 use std::{
     fs::File,
     io::{BufWriter, IsTerminal as _, Write},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::ExitCode,
     time::Duration,
 };
@@ -22,11 +24,17 @@ use chrono::Utc;
 use clap::{Parser, Subcommand};
 
 use crate::{
+    chart,
     output::{self, Format, OutputError},
     progress::Progress,
-    query::Decisions,
+    query::{Decisions, QueryError},
     reports::Report,
+    tail::{self, Tail, TailFormat},
 };
+
+/// How often `tail --follow` looks for new decisions (the gateway makes
+/// them durable once a second by default).
+const FOLLOW_INTERVAL: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Parser)]
 #[command(
@@ -62,8 +70,23 @@ enum Command {
         /// Print the report's SQL instead of running it.
         #[arg(long)]
         sql: bool,
+        /// Draw the timeline as an SVG chart into this file.
+        #[arg(long, value_name = "FILE.svg", conflicts_with = "sql")]
+        chart: Option<PathBuf>,
         #[command(flatten)]
         output: OutputArgs,
+    },
+    /// Print the latest decisions, and with --follow each new one.
+    Tail {
+        /// How many of the latest decisions to print first.
+        #[arg(short = 'n', long, default_value_t = 10)]
+        lines: usize,
+        /// Keep printing decisions as the gateway makes them durable.
+        #[arg(short, long)]
+        follow: bool,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t)]
+        format: TailFormat,
     },
     /// Describe the columns of `decisions`.
     Schema,
@@ -110,6 +133,7 @@ async fn run(cli: Cli) -> Result<(), OutputError> {
             report,
             since,
             sql,
+            chart,
             output,
         } => {
             let since = since
@@ -120,7 +144,33 @@ async fn run(cli: Cli) -> Result<(), OutputError> {
                 println!("{text}");
                 return Ok(());
             }
-            query(&cli.dir, &text, &output).await
+            match chart {
+                Some(path) if report == Report::Timeline => draw(&cli.dir, &text, &path).await,
+                Some(_) => Err(OutputError::Encode(
+                    "--chart draws the timeline report only".into(),
+                )),
+                None => query(&cli.dir, &text, &output).await,
+            }
+        }
+        Command::Tail {
+            lines,
+            follow,
+            format,
+        } => {
+            let (mut tail, newest) = Tail::start(&cli.dir, lines)?;
+            let mut out = std::io::stdout().lock();
+            if let Some(batch) = newest {
+                tail::write(&batch, format, &mut out)?;
+            }
+            if !follow {
+                return Ok(());
+            }
+            loop {
+                tokio::time::sleep(FOLLOW_INTERVAL).await;
+                if let Some(batch) = tail.poll()? {
+                    tail::write(&batch, format, &mut out)?;
+                }
+            }
         }
         Command::Schema => {
             let schema = schema::schema();
@@ -141,7 +191,32 @@ async fn run(cli: Cli) -> Result<(), OutputError> {
     }
 }
 
-async fn query(dir: &std::path::Path, sql: &str, output: &OutputArgs) -> Result<(), OutputError> {
+/// Opens the decisions, saying which files are skipped.
+async fn open(dir: &Path) -> Result<Decisions, OutputError> {
+    let decisions = Decisions::open_dir(dir).await?;
+    for damaged in &decisions.damaged {
+        eprintln!(
+            "analytics: warning: skipping damaged file {}: {}",
+            damaged.path, damaged.reason
+        );
+    }
+    Ok(decisions)
+}
+
+async fn draw(dir: &Path, sql: &str, path: &Path) -> Result<(), OutputError> {
+    let decisions = open(dir).await?;
+    let batches = decisions
+        .sql(sql)
+        .await?
+        .collect()
+        .await
+        .map_err(QueryError::from)?;
+    let (first, series) = chart::timeline_series(&batches)?;
+    std::fs::write(path, chart::svg(first, &series)?)?;
+    Ok(())
+}
+
+async fn query(dir: &Path, sql: &str, output: &OutputArgs) -> Result<(), OutputError> {
     if output.format == Format::Parquet
         && output.output.is_none()
         && std::io::stdout().is_terminal()
@@ -150,13 +225,7 @@ async fn query(dir: &std::path::Path, sql: &str, output: &OutputArgs) -> Result<
             "Parquet is binary: write it with --output FILE or into a pipe".into(),
         ));
     }
-    let decisions = Decisions::open_dir(dir).await?;
-    for damaged in &decisions.damaged {
-        eprintln!(
-            "analytics: warning: skipping damaged file {}: {}",
-            damaged.path, damaged.reason
-        );
-    }
+    let decisions = open(dir).await?;
     let frame = decisions.sql(sql).await?;
     let _progress = Progress::start(decisions.read.clone(), decisions.bytes);
     let out: Box<dyn Write + Send> = match &output.output {
