@@ -59,3 +59,15 @@ pub fn pin_thread_to_cpu(cpu: usize) {
         );
     }
 }
+
+/// `VmRSS` / `VmHWM` (or another `/proc/PID/status` size) of `pid`, in
+/// bytes.
+pub fn process_memory(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().strip_suffix("kB")?.trim().parse::<f64>().ok())
+        .map(|kib| kib * 1024.0)
+        .unwrap_or_else(|| panic!("no {field} for pid {pid}"))
+}

@@ -1,5 +1,5 @@
 //! `cargo xtask bench NAME`: builds the benchmark in release mode (with the
-//! gateway binary it starts) and runs it as root; it writes
+//! commands it starts) and runs it as root; it writes
 //! `bench-results/NAME.json` and prints its rows.
 
 use std::{path::Path, process::Command};
@@ -19,10 +19,16 @@ const GATEWAY_PACKAGES: &[(&str, &str)] = &[
 ];
 
 pub fn run(name: &str) -> anyhow::Result<()> {
-    let bin = match name {
-        "xdp" => "bench-xdp",
-        "gateway" => "bench-gateway",
-        other => bail!("unknown benchmark `{other}`; known: xdp, gateway"),
+    // Each benchmark's binary, and the commands it starts.
+    let (bins, features): (&[&str], &[&str]) = match name {
+        "xdp" => (&["bench-xdp"], &["--no-default-features"]),
+        "gateway" => (
+            &["bench-gateway", "gateway-under-test"],
+            &["--no-default-features"],
+        ),
+        // The SQL engine (DataFusion) only for this one.
+        "audit" => (&["bench-audit", "analytics-under-test"], &[]),
+        other => bail!("unknown benchmark `{other}`; known: xdp, gateway, audit"),
     };
     require_root("the benchmarks load XDP programs, build network namespaces and pin processes")?;
     if name == "gateway" {
@@ -31,19 +37,17 @@ pub fn run(name: &str) -> anyhow::Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask lives in the workspace");
-    exec(cargo().current_dir(root).args([
-        "build",
-        "--release",
-        "--locked",
-        "-p",
-        "gateway-tests",
-        "--bin",
-        bin,
-        "--bin",
-        "gateway-under-test",
-    ]))?;
+    let mut build = cargo();
+    build
+        .current_dir(root)
+        .args(["build", "--release", "--locked", "-p", "gateway-tests"])
+        .args(features);
+    for bin in bins {
+        build.args(["--bin", bin]);
+    }
+    exec(&mut build)?;
     exec(
-        Command::new(root.join("target/release").join(bin))
+        Command::new(root.join("target/release").join(bins[0]))
             .current_dir(root)
             .arg("bench-results"),
     )

@@ -30,7 +30,7 @@ enum Command {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Run a benchmark: `xdp` or `gateway`.
+    /// Run a benchmark: `xdp`, `gateway` or `audit`.
     Bench {
         /// Which benchmark.
         name: String,

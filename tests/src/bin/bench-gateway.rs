@@ -186,17 +186,6 @@ impl Wrk {
     }
 }
 
-/// `VmRSS` / `VmHWM` of `pid`, in bytes.
-fn memory(pid: u32, field: &str) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.trim().strip_suffix("kB")?.trim().parse::<f64>().ok())
-        .map(|kib| kib * 1024.0)
-        .unwrap_or_else(|| panic!("no {field} for pid {pid}"))
-}
-
 /// `jsonwebtoken` decoding and checking `token` (RS256, same key and
 /// validation rules as the gateway), per second on this thread's CPU: the
 /// floor for case (d). Best of three 1 s runs.
@@ -315,7 +304,7 @@ fn hold_idle<S: Read + Write>(pid: u32, request: &[u8], mut open: impl FnMut() -
         held.push(stream);
     }
     settle();
-    memory(pid, "VmRSS")
+    gateway_tests::process_memory(pid, "VmRSS")
 }
 
 fn settle() {
@@ -436,8 +425,8 @@ include = [{{ email_domain = "corp.example" }}]
         median_by_p99(nginx_lat),
         median_by_p99(cached_lat),
     );
-    let peak_rss = memory(pid, "VmHWM");
-    let nginx_peak = memory(nginx.worker_pid(), "VmHWM");
+    let peak_rss = gateway_tests::process_memory(pid, "VmHWM");
+    let nginx_peak = gateway_tests::process_memory(nginx.worker_pid(), "VmHWM");
 
     // Memory with idle keep-alive connections (the bench's own work on the
     // load CPU).

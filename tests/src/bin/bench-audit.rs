@@ -1,0 +1,324 @@
+//! `cargo xtask bench audit`: the audit log against what most gateways do
+//! (JSON lines) and against DuckDB, in one run.
+//!
+//! - Ingest: the same events through the same channel and writer thread
+//!   (pinned to one CPU), once into the store (segment, fsync every second,
+//!   Parquet) and once as JSON lines (fsynced at the end), each in a child
+//!   process of its own so peak memory is the run's alone. Timed from the
+//!   first event sent to the last one durable on disk.
+//! - Query: ten million synthetic events written through the store, then
+//!   three typical queries with our `analytics` command (the whole process,
+//!   start to exit) and with DuckDB (connect, query, fetch; Python's start
+//!   and import not counted), medians of [`QUERY_RUNS`] after a warm-up.
+//!
+//! Usage: `bench-audit [RESULTS_DIR]`; `bench-audit ingest parquet|jsonl DIR`
+//! is the child.
+
+use std::{
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use analytics::{AuditStore, Event, Overflow, Sinks, StoreConfig, files, jsonl::JsonLines, writer};
+use gateway_tests::{
+    audit,
+    report::{self, Row},
+};
+use serde_json::{Value, json};
+
+/// Events per ingest run.
+const INGEST_EVENTS: usize = 4_000_000;
+/// Distinct events cycled through by the sender (generated beforehand).
+const POOL: usize = 1 << 16;
+/// The gateway's default queue.
+const QUEUE: usize = 65_536;
+const WRITER_CPU: usize = 1;
+const SENDER_CPU: usize = 0;
+/// Events in the query data set, over one day.
+const QUERY_EVENTS: usize = 10_000_000;
+const QUERY_SPAN_US: i64 = 24 * 3_600_000_000;
+const QUERY_RUNS: usize = 5;
+/// The ingest floor the issue sets, events per second on one core.
+const INGEST_FLOOR: f64 = 1_000_000.0;
+/// What the writer may use at most with the default settings: a queue of
+/// events and one segment (a million rows) held for its roll.
+const WRITER_MEMORY_BUDGET: f64 = 512.0 * 1024.0 * 1024.0;
+
+/// The three typical questions.
+const QUERIES: [(&str, &str); 3] = [
+    (
+        "denials by app and hour",
+        "SELECT app, date, hour, count(*) AS denials FROM decisions \
+         WHERE layer = 'http' AND decision = 'deny' \
+         GROUP BY app, date, hour ORDER BY date, hour, app",
+    ),
+    (
+        "top dropped sources",
+        "SELECT client_ip, sum(packets) AS packets, sum(bytes) AS bytes FROM decisions \
+         WHERE layer = 'xdp' GROUP BY client_ip ORDER BY packets DESC, client_ip LIMIT 20",
+    ),
+    (
+        "one identity's history",
+        "SELECT event_time, app, decision, reason, method, path, status FROM decisions \
+         WHERE email = 'user42@example.com' ORDER BY event_time, request_id",
+    ),
+];
+
+/// DuckDB over the same files as our `decisions` table, timed from
+/// connecting to fetching the last row; prints the row count and the
+/// seconds of each run, the first run being the warm-up.
+const DUCKDB_TIMED: &str = r#"
+import duckdb, json, sys, time
+directory, sql, runs = sys.argv[1], sys.argv[2], int(sys.argv[3])
+files = (directory + "/**/*.parquet").replace("'", "''")
+times, rows = [], 0
+for _ in range(runs + 1):
+    start = time.perf_counter()
+    con = duckdb.connect()
+    con.execute(
+        f"CREATE VIEW decisions AS SELECT * FROM read_parquet('{files}', hive_partitioning = true, "
+        "hive_types = {'date': DATE, 'hour': INTEGER})"
+    )
+    rows = len(con.execute(sql).fetchall())
+    times.append(time.perf_counter() - start)
+    con.close()
+print(json.dumps({"rows": rows, "seconds": times[1:]}))
+"#;
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let [_, mode, sink, dir] = &args[..]
+        && mode == "ingest"
+    {
+        let result = ingest(sink, Path::new(dir));
+        println!("{result}");
+        return;
+    }
+    gateway_tests::require_root();
+    let work = tempfile::tempdir_in("/var/tmp").expect("a scratch directory");
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+
+    let ours = ingest_child("parquet", &work.path().join("parquet"));
+    let lines = ingest_child("jsonl", &work.path().join("jsonl"));
+    let rate = |r: &Value| r["events"].as_f64().unwrap() / r["seconds"].as_f64().unwrap();
+    let per_event = |r: &Value| r["bytes"].as_f64().unwrap() / r["events"].as_f64().unwrap();
+    let writer_memory =
+        |r: &Value| r["peak_bytes"].as_f64().unwrap() - r["pool_bytes"].as_f64().unwrap();
+    rows.push(Row {
+        metric: "ingest, channel to durable Parquet, writer on one core".into(),
+        unit: "events/s",
+        ours: rate(&ours),
+        baseline: "floor: 1,000,000 events/s/core".into(),
+        baseline_value: INGEST_FLOOR,
+        goal: "ratio >= 1.0".into(),
+        note: format!("{INGEST_EVENTS} events, sync every 1 s, roll every 1M"),
+    });
+    rows.push(Row {
+        metric: "ingest vs the same events as JSON lines".into(),
+        unit: "events/s",
+        ours: rate(&ours),
+        baseline: "JSON lines (serde_json), same channel and thread".into(),
+        baseline_value: rate(&lines),
+        goal: "ratio >= 1.0".into(),
+        note: "JSON lines fsynced once at the end".into(),
+    });
+    rows.push(Row {
+        metric: "bytes per event on disk".into(),
+        unit: "bytes",
+        ours: per_event(&ours),
+        baseline: "JSON lines of the same events".into(),
+        baseline_value: per_event(&lines),
+        goal: "ratio <= 0.1".into(),
+        note: format!("{} Parquet files", ours["files"]),
+    });
+    rows.push(Row {
+        metric: "writer peak memory (process peak minus the event pool)".into(),
+        unit: "MiB",
+        ours: writer_memory(&ours) / 1048576.0,
+        baseline: "budget: queue of 65,536 + one 1M-event segment".into(),
+        baseline_value: WRITER_MEMORY_BUDGET / 1048576.0,
+        goal: "ratio <= 1.0".into(),
+        note: format!(
+            "JSON-lines writer: {:.0} MiB",
+            writer_memory(&lines) / 1048576.0
+        ),
+    });
+
+    let logs = work.path().join("query");
+    let started = Instant::now();
+    audit::write_events(
+        &logs,
+        audit::synthetic_events(QUERY_EVENTS, QUERY_SPAN_US, 42),
+    );
+    let bytes: u64 = files::list(&logs)
+        .iter()
+        .map(|p| p.metadata().map_or(0, |m| m.len()))
+        .sum();
+    notes.push(format!(
+        "query data: {QUERY_EVENTS} events over 24 h in {} files, {:.0} MiB, written in {:.1} s",
+        files::list(&logs).len(),
+        bytes as f64 / 1048576.0,
+        started.elapsed().as_secs_f64()
+    ));
+    for (name, sql) in QUERIES {
+        let (our_rows, ours) = our_query(&logs, sql);
+        let (duck_rows, duck) = duckdb_query(&logs, sql);
+        assert_eq!(our_rows, duck_rows, "{name}: the engines disagree");
+        rows.push(Row {
+            metric: format!("query: {name}, 10M events"),
+            unit: "s",
+            ours,
+            baseline: "DuckDB 1.5 (PyPI), same files".into(),
+            baseline_value: duck,
+            goal: "ratio <= 1.5".into(),
+            note: format!("{our_rows} rows; medians of {QUERY_RUNS}"),
+        });
+    }
+    let extra = serde_json::Map::from_iter([
+        ("ingest_parquet".to_owned(), ours),
+        ("ingest_jsonl".to_owned(), lines),
+    ]);
+    report::publish(&report::out_dir(), "audit", &rows, &notes, extra);
+}
+
+/// Runs one ingest in a child process and returns what it printed.
+fn ingest_child(sink: &str, dir: &Path) -> Value {
+    let out = Command::new(std::env::current_exe().expect("own path"))
+        .args(["ingest", sink])
+        .arg(dir)
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("start the ingest run");
+    assert!(out.status.success(), "the {sink} ingest run failed");
+    serde_json::from_slice(&out.stdout).expect("the ingest run's result")
+}
+
+/// The child: sends [`INGEST_EVENTS`] through a writer into `sink` at `dir`.
+fn ingest(sink: &str, dir: &Path) -> Value {
+    let pool: Vec<Event> = audit::synthetic_events(POOL, 3_600_000_000, 7).collect();
+    let me = std::process::id();
+    let pool_bytes = gateway_tests::process_memory(me, "VmRSS");
+    let jsonl_path = dir.join("audit.jsonl");
+    let sinks = match sink {
+        "parquet" => Sinks {
+            store: Some(
+                AuditStore::open(StoreConfig {
+                    host: "bench-host".into(),
+                    roll_interval: Duration::from_secs(300),
+                    ..audit::store_config(dir)
+                })
+                .expect("open the store")
+                .0,
+            ),
+            jsonl: None,
+        },
+        "jsonl" => Sinks {
+            store: None,
+            jsonl: Some(JsonLines::open(&jsonl_path).expect("open the JSON-lines file")),
+        },
+        other => panic!("unknown sink {other}"),
+    };
+    // The writer thread inherits this CPU; the sender then moves away.
+    gateway_tests::pin_thread_to_cpu(WRITER_CPU);
+    let (sender, receiver) = analytics::channel(QUEUE);
+    let writer = writer::spawn(sinks, receiver, Duration::from_secs(1)).expect("start the writer");
+    gateway_tests::pin_thread_to_cpu(SENDER_CPU);
+
+    let started = Instant::now();
+    for event in pool.iter().cycle().take(INGEST_EVENTS) {
+        let slot = loop {
+            match sender.reserve(Overflow::FailClosed) {
+                Ok(slot) => break slot,
+                Err(_) => std::thread::yield_now(),
+            }
+        };
+        slot.send(event.clone());
+    }
+    drop(sender);
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime")
+        .block_on(writer.finish(Duration::from_secs(300)))
+        .expect("the writer finished");
+    let (bytes, files) = if sink == "jsonl" {
+        let file = std::fs::File::open(&jsonl_path).expect("the JSON-lines file");
+        file.sync_all().expect("fsync the JSON-lines file");
+        (file.metadata().expect("its size").len(), 1)
+    } else {
+        let written = files::list(dir);
+        let bytes = written
+            .iter()
+            .map(|p| p.metadata().map_or(0, |m| m.len()))
+            .sum();
+        (bytes, written.len())
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    json!({
+        "events": INGEST_EVENTS,
+        "seconds": seconds,
+        "bytes": bytes,
+        "files": files,
+        "peak_bytes": gateway_tests::process_memory(me, "VmHWM"),
+        "pool_bytes": pool_bytes,
+    })
+}
+
+/// Our command's rows and median wall time on `sql`.
+fn our_query(logs: &Path, sql: &str) -> (usize, f64) {
+    let run = || {
+        let started = Instant::now();
+        let out = Command::new(audit::analytics_bin())
+            .arg("--dir")
+            .arg(logs)
+            .args(["query", sql, "--format", "csv"])
+            .output()
+            .expect("run analytics");
+        let seconds = started.elapsed().as_secs_f64();
+        assert!(
+            out.status.success(),
+            "analytics failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // CSV with a header line.
+        let rows = out.stdout.iter().filter(|&&b| b == b'\n').count() - 1;
+        (rows, seconds)
+    };
+    let (rows, _) = run();
+    let times = (0..QUERY_RUNS).map(|_| run().1).collect();
+    (rows, median(times))
+}
+
+/// DuckDB's rows and median time on `sql`.
+fn duckdb_query(logs: &Path, sql: &str) -> (usize, f64) {
+    let out = Command::new("python3")
+        .args(["-c", DUCKDB_TIMED])
+        .arg(logs)
+        .arg(sql)
+        .arg(QUERY_RUNS.to_string())
+        .output()
+        .expect("python3 (run `cargo xtask setup` for duckdb)");
+    assert!(
+        out.status.success(),
+        "duckdb failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: Value = serde_json::from_slice(&out.stdout).expect("duckdb's timings");
+    let times = result["seconds"]
+        .as_array()
+        .expect("seconds")
+        .iter()
+        .map(|t| t.as_f64().expect("a time"))
+        .collect();
+    (
+        result["rows"].as_u64().expect("rows") as usize,
+        median(times),
+    )
+}
+
+fn median(mut times: Vec<f64>) -> f64 {
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
