@@ -35,7 +35,11 @@ use crate::{
     error_chain,
     paths::PinLayout,
     proxy::{self, Server},
-    xdp::{self, Filter, FilterSettings, sources::RangeSources, stats::DropEvents},
+    xdp::{
+        self, Filter, FilterSettings,
+        sources::RangeSources,
+        stats::{DropEvents, DroppedSource},
+    },
 };
 
 /// Why the daemon stopped.
@@ -75,6 +79,11 @@ const AUDIT_FINISH: Duration = Duration::from_secs(30);
 
 /// How often the drop-record ring is drained.
 const DROP_POLL: Duration = Duration::from_millis(250);
+/// How often the kernel's drop slots are swept for slow flows.
+const DROP_SWEEP: Duration = Duration::from_secs(5);
+/// File under the audit directory keeping, across restarts, what has been
+/// reported of the drop windows still in the kernel's slots.
+const DROP_STATE: &str = ".xdp-drop-windows.json";
 /// How often a summary of drops is logged.
 const DROP_SUMMARY: Duration = Duration::from_secs(60);
 
@@ -100,7 +109,15 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
         }
     }
     let mut xdp = match config.xdp {
-        Some(xdp_config) => Some(XdpService::start(xdp_config, listen_ports, audit.clone()).await?),
+        Some(xdp_config) => Some(
+            XdpService::start(
+                xdp_config,
+                listen_ports,
+                audit.clone(),
+                config.audit.store.dir.join(DROP_STATE),
+            )
+            .await?,
+        ),
         None => None,
     };
     drop(audit);
@@ -130,7 +147,8 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
     if let Some(server) = server {
         server.shutdown().await;
     }
-    if xdp.take().is_some() {
+    if let Some(xdp) = xdp.take() {
+        xdp.stop();
         info!("the XDP filter stays attached and enforcing");
     }
     // Every sender is gone: the writer drains what is queued, rolls it into
@@ -191,8 +209,10 @@ struct XdpService {
     filter: Filter,
     sources: RangeSources,
     drops: DropEvents,
+    drop_state: PathBuf,
     drop_window: HashMap<(Option<IpAddr>, u16), u64>,
     drop_poll: Interval,
+    drop_sweep: Interval,
     summary: Interval,
     audit: AuditSender,
 }
@@ -202,22 +222,30 @@ impl XdpService {
         config: XdpConfig,
         listen_ports: Vec<u16>,
         audit: AuditSender,
+        drop_state: PathBuf,
     ) -> Result<Self, DaemonError> {
         let sources = RangeSources::load(&config.relay, &config.management, config.allow_any)
             .await
             .map_err(DaemonError::Sources)?;
         let filter = start_filter(&config, &sources, &listen_ports)?;
-        let drops = DropEvents::open(&PinLayout::new(&config.pin_dir))?;
+        let mut drops = DropEvents::open(&PinLayout::new(&config.pin_dir))?;
+        if let Ok(saved) = std::fs::read(&drop_state) {
+            drops.restore(&saved);
+        }
         let mut drop_poll = tokio::time::interval(DROP_POLL);
         drop_poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut drop_sweep = tokio::time::interval_at(Instant::now() + DROP_SWEEP, DROP_SWEEP);
+        drop_sweep.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Ok(Self {
             config,
             listen_ports,
             filter,
             sources,
             drops,
+            drop_state,
             drop_window: HashMap::new(),
             drop_poll,
+            drop_sweep,
             summary: tokio::time::interval_at(Instant::now() + DROP_SUMMARY, DROP_SUMMARY),
             audit,
         })
@@ -231,7 +259,11 @@ impl XdpService {
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(86400));
         tokio::select! {
             _ = tokio::time::sleep_until(refresh_at) => self.refresh().await,
-            _ = self.drop_poll.tick() => self.drain_drops(),
+            _ = self.drop_poll.tick() => {
+                let drops = self.drops.drain();
+                self.record(drops);
+            }
+            _ = self.drop_sweep.tick() => self.sweep(false),
             _ = self.summary.tick() => self.log_summary(),
         }
     }
@@ -251,10 +283,32 @@ impl XdpService {
         }
     }
 
+    /// Reports slow flows from the kernel's slots (all of them with
+    /// `everything`).
+    fn sweep(&mut self, everything: bool) {
+        match self.drops.sweep(everything) {
+            Ok(drops) => self.record(drops),
+            Err(e) => warn!(error = %error_chain(&e), "cannot sweep the XDP drop slots"),
+        }
+    }
+
+    /// Reports what the slots hold and saves what has been reported for
+    /// the next daemon: the filter keeps counting after this one is gone.
+    fn stop(mut self) {
+        self.sweep(true);
+        let saved = self.drops.save();
+        let tmp = self.drop_state.with_extension("tmp");
+        if let Err(e) =
+            std::fs::write(&tmp, saved).and_then(|()| std::fs::rename(&tmp, &self.drop_state))
+        {
+            warn!(path = %self.drop_state.display(), error = %e, "cannot save the XDP drop windows; some may be reported twice");
+        }
+    }
+
     /// Drop records become audit events (counted, never blocking) and feed
     /// the summary.
-    fn drain_drops(&mut self) {
-        for record in self.drops.drain() {
+    fn record(&mut self, drops: Vec<DroppedSource>) {
+        for record in drops {
             *self
                 .drop_window
                 .entry((record.source, record.dst_port))

@@ -4,12 +4,14 @@
 //! running daemon, or with no daemon at all.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
 };
 
 use aya::maps::{Array, Map, MapData, PerCpuArray, RingBuf};
-use gateway_common::{Counter, DropRecord, Reason, Settings, family, maps};
+use gateway_common::{
+    Counter, DROP_REPORT_INTERVAL_NS, DropRecord, Reason, Settings, family, maps,
+};
 use serde::Serialize;
 
 use super::Error;
@@ -277,20 +279,69 @@ impl Snapshot {
     }
 }
 
-/// Consumes the drop-record ring buffer of a pinned filter.
+/// One aggregation window of one flow in a kernel slot: the same flow
+/// with the same first packet. What part of it has been reported is kept
+/// per window, so a record is never counted twice.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+struct Window {
+    family: u8,
+    src: [u8; 16],
+    protocol: u8,
+    dst_port: u16,
+    reason: u8,
+    monitor: u8,
+    first_ns: u64,
+}
+
+impl Window {
+    fn of(record: &DropRecord) -> Self {
+        Self {
+            family: record.family,
+            src: record.src,
+            protocol: record.protocol,
+            dst_port: record.dst_port,
+            reason: record.reason,
+            monitor: record.monitor,
+            first_ns: record.first_ns,
+        }
+    }
+}
+
+/// Packets and bytes of a window already reported.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Reported {
+    packets: u64,
+    bytes: u64,
+}
+
+/// The drop records of a pinned filter, exactly once: the ring buffer of
+/// finished records, and a sweep of the kernel's slots for flows too slow
+/// to ever finish one there (the kernel looks at a slot's age only every
+/// 64 packets, so a source that sends ten packets would otherwise never be
+/// reported). A sweep reports what a window holds beyond what was reported
+/// of it before; a finished record later reports only the rest.
 pub struct DropEvents {
     ring: RingBuf<MapData>,
+    slots: PerCpuArray<MapData, DropRecord>,
+    reported: HashMap<Window, Reported>,
 }
 
 impl DropEvents {
-    /// Opens the ring buffer pinned at `layout`.
+    /// Opens the ring buffer and the slots pinned at `layout`.
     pub fn open(layout: &PinLayout) -> Result<Self, Error> {
         let ring = RingBuf::try_from(Map::RingBuf(open(layout, maps::DROP_EVENTS)?))
             .map_err(Error::map(maps::DROP_EVENTS, "opening"))?;
-        Ok(Self { ring })
+        let slots = PerCpuArray::try_from(Map::PerCpuArray(open(layout, maps::DROP_SLOTS)?))
+            .map_err(Error::map(maps::DROP_SLOTS, "opening"))?;
+        Ok(Self {
+            ring,
+            slots,
+            reported: HashMap::new(),
+        })
     }
 
-    /// Takes every record waiting in the ring.
+    /// Takes every finished record waiting in the ring, less what sweeps
+    /// reported of its window.
     pub fn drain(&mut self) -> Vec<DroppedSource> {
         let mut out = Vec::new();
         while let Some(item) = self.ring.next() {
@@ -299,9 +350,85 @@ impl DropEvents {
                 // read_unaligned copes with the ring's 8-byte alignment.
                 let record =
                     unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<DropRecord>()) };
-                out.extend(DroppedSource::from_record(&record));
+                let before = self
+                    .reported
+                    .remove(&Window::of(&record))
+                    .unwrap_or_default();
+                out.extend(unreported(&record, before));
             }
         }
         out
     }
+
+    /// Reports what the slots hold beyond what was reported: of windows
+    /// older than the kernel's report interval, or of every window with
+    /// `everything` (the daemon is stopping). Drains the ring too.
+    pub fn sweep(&mut self, everything: bool) -> Result<Vec<DroppedSource>, Error> {
+        let mut out = self.drain();
+        let now = monotonic_coarse_ns();
+        let mut present = HashSet::new();
+        for values in self.slots.iter() {
+            let values = values.map_err(Error::map(maps::DROP_SLOTS, "reading"))?;
+            for record in values.iter().filter(|r| r.family != 0) {
+                let window = Window::of(record);
+                present.insert(window);
+                if !everything && now.saturating_sub(record.first_ns) < DROP_REPORT_INTERVAL_NS {
+                    continue;
+                }
+                let reported = self.reported.entry(window).or_default();
+                if let Some(source) = unreported(record, *reported) {
+                    out.push(source);
+                    *reported = Reported {
+                        packets: record.packets,
+                        bytes: record.bytes,
+                    };
+                }
+            }
+        }
+        // A window missing from the slots was finished before they were
+        // read, so its record is in the ring now: take it before forgetting
+        // the window.
+        out.extend(self.drain());
+        self.reported.retain(|window, _| present.contains(window));
+        Ok(out)
+    }
+
+    /// What has been reported of windows still in the slots, for the next
+    /// daemon (the filter outlives this one).
+    pub fn save(&self) -> Vec<u8> {
+        let entries: Vec<(&Window, &Reported)> = self.reported.iter().collect();
+        serde_json::to_vec(&entries).unwrap_or_default()
+    }
+
+    /// Takes over what an earlier daemon [saved](Self::save). Unreadable
+    /// state is ignored (at worst a window is reported twice).
+    pub fn restore(&mut self, saved: &[u8]) {
+        if let Ok(entries) = serde_json::from_slice::<Vec<(Window, Reported)>>(saved) {
+            self.reported.extend(entries);
+        }
+    }
+}
+
+/// `record` less what was already reported of its window, if anything is
+/// left.
+fn unreported(record: &DropRecord, before: Reported) -> Option<DroppedSource> {
+    if record.packets <= before.packets {
+        return None;
+    }
+    DroppedSource::from_record(&DropRecord {
+        packets: record.packets - before.packets,
+        bytes: record.bytes.saturating_sub(before.bytes),
+        ..*record
+    })
+}
+
+/// `CLOCK_MONOTONIC_COARSE`, the clock of the slots' times.
+fn monotonic_coarse_ns() -> u64 {
+    let mut time = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, which `time` is.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut time) };
+    time.tv_sec as u64 * 1_000_000_000 + time.tv_nsec as u64
 }
