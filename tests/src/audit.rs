@@ -7,10 +7,14 @@ use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::{Command, Output},
+    sync::Arc,
     time::Duration,
 };
 
-use analytics::{AuditStore, Decision, Event, Layer, Retention, StoreConfig};
+use analytics::{
+    AuditSender, AuditStore, AuditWriter, Decision, Event, Layer, Recovery, Retention, Sinks,
+    StoreConfig, StoreStatus,
+};
 use arrow::array::AsArray as _;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use rand::{Rng as _, SeedableRng as _, rngs::SmallRng};
@@ -147,6 +151,41 @@ pub fn write_events(dir: &Path, events: impl IntoIterator<Item = Event>) {
         }
     }
     store.roll().expect("roll into Parquet");
+}
+
+/// A store opened with `config` (recovering what it finds) behind a real
+/// channel of `queue` events and a writer thread syncing every
+/// `sync_interval`.
+pub struct Writer {
+    /// The request path's end.
+    pub sender: AuditSender,
+    /// The running writer.
+    pub writer: AuditWriter,
+    /// The store's status (durable events, errors).
+    pub status: Arc<StoreStatus>,
+    /// What opening the store recovered.
+    pub recovery: Recovery,
+}
+
+impl Writer {
+    /// Opens the store and starts the writer.
+    pub fn start(config: StoreConfig, queue: usize, sync_interval: Duration) -> Self {
+        let (store, recovery) = AuditStore::open(config).expect("open the audit store");
+        let status = store.status();
+        let (sender, receiver) = analytics::channel(queue);
+        let sinks = Sinks {
+            store: Some(store),
+            jsonl: None,
+        };
+        let writer = analytics::writer::spawn(sinks, receiver, sync_interval)
+            .expect("start the audit writer");
+        Self {
+            sender,
+            writer,
+            status,
+            recovery,
+        }
+    }
 }
 
 /// The `request_id` of every event in the Parquet files under `dir`

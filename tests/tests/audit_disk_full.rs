@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use analytics::{AuditSender, AuditStore, Event, Overflow, Sinks, StoreStatus, files, writer};
+use analytics::{AuditSender, AuditStore, Event, Overflow, StoreStatus, files, writer};
 use gateway_tests::audit;
 
 /// Size of the filesystem: a few segments' worth.
@@ -132,18 +132,12 @@ fn a_full_disk_stops_the_writer_without_loss_or_damage_and_it_resumes() {
         roll_events: 20_000,
         ..audit::store_config(&dir)
     };
-    let (store, _) = AuditStore::open(config.clone()).unwrap();
-    let status = store.status();
-    let (sender, receiver) = analytics::channel(QUEUE);
-    let writer = writer::spawn(
-        Sinks {
-            store: Some(store),
-            jsonl: None,
-        },
-        receiver,
-        Duration::from_millis(50),
-    )
-    .unwrap();
+    let audit::Writer {
+        sender,
+        writer,
+        status,
+        ..
+    } = audit::Writer::start(config.clone(), QUEUE, Duration::from_millis(50));
 
     // Room: events become Parquet files.
     let mut next = 0;

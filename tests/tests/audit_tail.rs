@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use analytics::{AuditStore, Event, Overflow, Sinks, StoreConfig, writer};
+use analytics::{Event, Overflow, StoreConfig};
 use gateway_tests::audit;
 
 /// Events per segment: small, so segments roll while tail follows.
@@ -47,22 +47,16 @@ fn read(lines: &mpsc::Receiver<String>, seen: &mut Vec<u64>, count: usize) {
 #[test]
 fn tail_prints_the_latest_then_each_new_decision_once() {
     let dir = tempfile::tempdir().unwrap();
-    let (store, _) = AuditStore::open(StoreConfig {
+    let config = StoreConfig {
         roll_events: ROLL_EVENTS,
         ..audit::store_config(dir.path())
-    })
-    .unwrap();
-    let status = store.status();
-    let (sender, receiver) = analytics::channel(100_000);
-    let writer = writer::spawn(
-        Sinks {
-            store: Some(store),
-            jsonl: None,
-        },
-        receiver,
-        Duration::from_millis(50),
-    )
-    .unwrap();
+    };
+    let audit::Writer {
+        sender,
+        writer,
+        status,
+        ..
+    } = audit::Writer::start(config, 100_000, Duration::from_millis(50));
     let base = Event::now_us();
     let send = |seqs: std::ops::Range<u64>| {
         for seq in seqs {

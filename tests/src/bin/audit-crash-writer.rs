@@ -10,7 +10,7 @@
 
 use std::{io::Write as _, path::Path, time::Duration};
 
-use analytics::{AuditStore, Event, Overflow, Sinks, StoreConfig, writer};
+use analytics::{Event, Overflow, StoreConfig};
 use gateway_tests::audit;
 
 fn main() {
@@ -18,24 +18,18 @@ fn main() {
     let [_, dir, run, roll_events] = &args[..] else {
         panic!("usage: audit-crash-writer DIR RUN ROLL_EVENTS");
     };
-    let (store, recovery) = AuditStore::open(StoreConfig {
+    let config = StoreConfig {
         roll_events: roll_events.parse().expect("ROLL_EVENTS"),
         ..audit::store_config(Path::new(dir))
-    })
-    .expect("open the store");
-    let status = store.status();
+    };
+    let audit::Writer {
+        sender,
+        writer: _writer,
+        status,
+        recovery,
+    } = audit::Writer::start(config, 4096, Duration::from_millis(10));
     let mut out = std::io::stdout().lock();
     writeln!(out, "recovered {}", recovery.events).unwrap();
-    let (sender, receiver) = analytics::channel(4096);
-    let _writer = writer::spawn(
-        Sinks {
-            store: Some(store),
-            jsonl: None,
-        },
-        receiver,
-        Duration::from_millis(10),
-    )
-    .expect("start the writer");
 
     // Bounded even if nobody kills it.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
