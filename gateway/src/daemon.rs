@@ -131,7 +131,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             _ = sighup.recv() => {
-                if let Err(e) = reload(&config_path, server.as_ref(), xdp.as_mut()).await {
+                if let Err(e) = reload(&config_path, &config.audit, server.as_ref(), xdp.as_mut()).await {
                     warn!(error = %error_chain(&*e), "reload failed; keeping the running configuration");
                 }
             }
@@ -403,6 +403,7 @@ pub fn start_filter(
 
 async fn reload(
     path: &Path,
+    audit: &AuditConfig,
     server: Option<&Server>,
     xdp: Option<&mut XdpService>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -452,6 +453,12 @@ async fn reload(
             "an [xdp] section added while running needs a restart",
         )
         .into());
+    }
+    if config.audit != *audit {
+        // The store's files and the writer's queue cannot change under it.
+        warn!(
+            "[audit] changes take effect at the next restart; the audit log keeps its running settings"
+        );
     }
     if let (Some(server), Some(http)) = (server, config.http) {
         server.reload(http);

@@ -156,6 +156,17 @@ async fn sighup_changes_policy_for_the_next_request_on_an_open_connection() {
         200
     );
 
+    // Audit settings cannot change under a running writer: the reload
+    // applies the rest and says so.
+    const AUDIT_LATER: &str = "[audit] changes take effect at the next restart";
+    assert!(!h.log().contains(AUDIT_LATER), "{}", h.log());
+    let audit_changed =
+        h.base_config() + "sync_interval_ms = 200\n" + &reloaded[h.base_config().len()..];
+    h.rewrite(&audit_changed);
+    h.reload();
+    assert!(h.log().contains(AUDIT_LATER), "{}", h.log());
+    assert_eq!(status(&client, &bob).await, 200);
+
     // A broken config is refused and the running one kept.
     h.rewrite("[http]\nbogus = 1\n");
     h.daemon.as_ref().unwrap().signal(libc::SIGHUP);
