@@ -18,16 +18,15 @@
 //! temporary names (they neither end in `.parquet` nor are visible).
 
 use std::{
-    fs::OpenOptions,
+    fs::{File, OpenOptions},
     io::BufWriter,
     os::unix::fs::OpenOptionsExt as _,
     path::{Path, PathBuf},
-    sync::Arc,
 };
 
 use arrow::{
     array::{AsArray, RecordBatch},
-    compute::{SortOptions, concat_batches, sort_to_indices, take_record_batch},
+    compute::interleave_record_batch,
     datatypes::TimestampMicrosecondType,
 };
 use parquet::{
@@ -93,48 +92,59 @@ pub fn partition(time_us: i64) -> PathBuf {
     PathBuf::from(time.format("date=%Y-%m-%d/hour=%H").to_string())
 }
 
+/// Rows gathered into one batch at a time while a file is written: the
+/// sorted events are never all copied at once, so a roll needs little more
+/// memory than the segment's own batches.
+const GATHER_ROWS: usize = 64 * 1024;
+
 /// Writes the events of `batches` as Parquet files named `<name>.parquet`,
 /// one per hour partition under `root`, each sorted by time. Returns the
 /// files written.
 pub fn write(root: &Path, name: &str, batches: &[RecordBatch]) -> Result<Vec<PathBuf>, StoreError> {
-    let rows: usize = batches.iter().map(RecordBatch::num_rows).sum();
-    if rows == 0 {
-        return Ok(Vec::new());
+    // (time, batch, row) of every event, in time order (ties in arrival
+    // order).
+    let mut order: Vec<(i64, usize, usize)> =
+        Vec::with_capacity(batches.iter().map(RecordBatch::num_rows).sum());
+    for (b, batch) in batches.iter().enumerate() {
+        let times = batch
+            .column(0)
+            .as_primitive::<TimestampMicrosecondType>()
+            .values();
+        order.extend(times.iter().enumerate().map(|(row, &time)| (time, b, row)));
     }
-    let schema = schema::schema();
-    let all = concat_batches(&schema, batches).map_err(StoreError::arrow("merging", root))?;
-    let order = sort_to_indices(
-        all.column(0),
-        Some(SortOptions {
-            descending: false,
-            nulls_first: false,
-        }),
-        None,
-    )
-    .map_err(StoreError::arrow("sorting", root))?;
-    let sorted = take_record_batch(&all, &order).map_err(StoreError::arrow("sorting", root))?;
-    drop(all);
-    let times = sorted
-        .column(0)
-        .as_primitive::<TimestampMicrosecondType>()
-        .values();
+    order.sort_unstable();
+    let sources: Vec<&RecordBatch> = batches.iter().collect();
 
     let mut written = Vec::new();
-    let mut start = 0;
-    while start < rows {
-        let hour = times[start].div_euclid(HOUR_US);
-        let len = times[start..].partition_point(|t| t.div_euclid(HOUR_US) == hour);
-        let dir = root.join(partition(times[start]));
-        let path = dir.join(format!("{name}.{EXTENSION}"));
-        write_file(&path, &sorted.slice(start, len))?;
+    let mut rest = &order[..];
+    while let Some(&(first, ..)) = rest.first() {
+        let hour = first.div_euclid(HOUR_US);
+        let len = rest.partition_point(|(time, ..)| time.div_euclid(HOUR_US) == hour);
+        let (events, next) = rest.split_at(len);
+        let path = root
+            .join(partition(first))
+            .join(format!("{name}.{EXTENSION}"));
+        write_file(&path, |writer| {
+            for chunk in events.chunks(GATHER_ROWS) {
+                let rows: Vec<(usize, usize)> = chunk.iter().map(|&(_, b, r)| (b, r)).collect();
+                let batch = interleave_record_batch(&sources, &rows)
+                    .map_err(StoreError::arrow("sorting", &path))?;
+                writer.write(&batch).map_err(StoreError::parquet(&path))?;
+            }
+            Ok(())
+        })?;
         written.push(path);
-        start += len;
+        rest = next;
     }
     Ok(written)
 }
 
-/// Writes one file under a temporary name and renames it into place.
-fn write_file(path: &Path, batch: &RecordBatch) -> Result<(), StoreError> {
+/// Writes one file under a temporary name with what `fill` writes, and
+/// renames it into place.
+fn write_file(
+    path: &Path,
+    fill: impl FnOnce(&mut ArrowWriter<BufWriter<File>>) -> Result<(), StoreError>,
+) -> Result<(), StoreError> {
     let dir = path.parent().expect("files live in partitions");
     create_dirs(dir)?;
     let file_name = path.file_name().expect("named").to_string_lossy();
@@ -150,11 +160,11 @@ fn write_file(path: &Path, batch: &RecordBatch) -> Result<(), StoreError> {
             .map_err(StoreError::io("creating", &tmp))?;
         let mut writer = ArrowWriter::try_new(
             BufWriter::with_capacity(1 << 20, file),
-            Arc::clone(batch.schema_ref()),
+            schema::schema(),
             Some(writer_properties()),
         )
         .map_err(StoreError::parquet(&tmp))?;
-        writer.write(batch).map_err(StoreError::parquet(&tmp))?;
+        fill(&mut writer)?;
         let file = writer
             .into_inner()
             .map_err(StoreError::parquet(&tmp))?
