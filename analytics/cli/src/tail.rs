@@ -97,8 +97,9 @@ impl Tail {
         };
         let mut recent = Vec::new();
         for segment in store::segments(dir) {
+            let len = file_len(&segment);
             let batches = read_segment(&segment);
-            tail.printed(&stem(&segment), &segment, &batches)?;
+            tail.printed(&stem(&segment), len, &batches)?;
             recent.extend(batches);
         }
         let parquet = files::list(dir);
@@ -127,14 +128,16 @@ impl Tail {
         let live: HashSet<String> = segments.iter().map(|p| stem(p)).collect();
         for segment in &segments {
             let name = stem(segment);
-            let len = segment.metadata().map_or(0, |m| m.len());
+            // Measured before reading: what is appended meanwhile makes the
+            // next look read again.
+            let len = file_len(segment);
             if self.live.get(&name).is_some_and(|l| l.len == len) {
                 continue;
             }
             let batches = read_segment(segment);
             let skip = self.live.get(&name).map_or(0, |l| l.rows);
             let unseen = skip_rows(&batches, skip);
-            self.printed(&name, segment, &unseen)?;
+            self.printed(&name, len, &unseen)?;
             new.extend(unseen);
         }
         // Files whose segment is gone: every file of the stem is in place
@@ -162,15 +165,16 @@ impl Tail {
         sorted(&new)
     }
 
-    /// Records `batches` as printed from the segment `name`.
+    /// Records `batches` as printed from the segment `name`, which was
+    /// `len` bytes long before they were read.
     fn printed(
         &mut self,
         name: &str,
-        path: &Path,
+        len: u64,
         batches: &[RecordBatch],
     ) -> Result<(), OutputError> {
         let mut live = self.live.remove(name).unwrap_or_default();
-        live.len = path.metadata().map_or(0, |m| m.len());
+        live.len = len;
         for batch in batches {
             live.rows += batch.num_rows();
             for fingerprint in self.fingerprints(batch)? {
@@ -246,6 +250,10 @@ pub fn write(
     }
     out.flush()?;
     Ok(())
+}
+
+fn file_len(path: &Path) -> u64 {
+    path.metadata().map_or(0, |m| m.len())
 }
 
 fn stem(path: &Path) -> String {
