@@ -23,6 +23,9 @@ use parquet::{
 
 use crate::query::QueryError;
 
+/// How times are written in text formats: RFC 3339, UTC, microseconds.
+pub const TIME_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.6fZ";
+
 /// An output format.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum Format {
@@ -95,7 +98,7 @@ pub async fn write<W: Write + Send>(
         Format::Csv => {
             let mut writer = CsvWriterBuilder::new()
                 .with_header(true)
-                .with_timestamp_tz_format("%Y-%m-%dT%H:%M:%S%.6fZ".into())
+                .with_timestamp_tz_format(TIME_FORMAT.into())
                 .build(out);
             while let Some(batch) = next(&mut batches, &mut rows).await? {
                 writer.write(&batch)?;

@@ -28,7 +28,7 @@ impl Report {
             Some(t) => format!(
                 "(SELECT * FROM decisions WHERE date >= '{}' AND event_time >= '{}')",
                 t.format("%Y-%m-%d"),
-                t.format("%Y-%m-%dT%H:%M:%S%.6fZ")
+                t.format(crate::output::TIME_FORMAT)
             ),
             None => "decisions".to_owned(),
         };

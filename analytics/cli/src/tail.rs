@@ -26,7 +26,10 @@ use datafusion::arrow::{
 };
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
-use crate::output::OutputError;
+use crate::{
+    output::{OutputError, TIME_FORMAT},
+    query::QueryError,
+};
 
 /// The columns of the one-line text format.
 const TEXT_COLUMNS: [&str; 12] = [
@@ -79,10 +82,7 @@ impl Tail {
     /// events, oldest first.
     pub fn start(dir: &Path, last: usize) -> Result<(Self, Option<RecordBatch>), OutputError> {
         if !dir.is_dir() {
-            return Err(OutputError::Encode(format!(
-                "no audit log directory at {}",
-                dir.display()
-            )));
+            return Err(QueryError::NoDirectory(dir.to_owned()).into());
         }
         let fields = schema::schema()
             .fields()
@@ -235,7 +235,7 @@ pub fn write(
         TailFormat::Text => {
             let options = FormatOptions::default()
                 .with_null("-")
-                .with_timestamp_tz_format(Some("%Y-%m-%dT%H:%M:%S%.6fZ"));
+                .with_timestamp_tz_format(Some(TIME_FORMAT));
             let columns = TEXT_COLUMNS
                 .iter()
                 .filter_map(|name| batch.column_by_name(name))
