@@ -17,6 +17,7 @@
 //! - [`wal`]: the write-ahead segments (Arrow IPC streams).
 //! - [`files`]: Parquet layout, writer settings, retention.
 //! - [`jsonl`]: an optional JSON-lines copy.
+//! - [`upload`]: the fleet sink, finished files into an S3 bucket.
 //! - [`error`]: the store's error type.
 
 pub mod channel;
@@ -26,6 +27,7 @@ pub mod files;
 pub mod jsonl;
 pub mod schema;
 pub mod store;
+pub mod upload;
 pub mod wal;
 pub mod writer;
 
@@ -36,6 +38,7 @@ pub use error::StoreError;
 pub use event::{Decision, Event, Layer};
 pub use files::Retention;
 pub use store::{AuditStore, Recovery, StoreConfig, StoreStatus};
+pub use upload::{BucketConfig, UploadError, Uploader};
 pub use writer::{AuditWriter, Sinks};
 
 /// Makes the entries of `dir` (creations, renames, removals) durable.

@@ -333,7 +333,7 @@ fn leftover_segments(wal_dir: &Path) -> Result<Vec<PathBuf>, StoreError> {
 
 /// `host` with everything but letters, digits, `.`, `_` and `-` replaced,
 /// so it can be part of a file name (and an object-store key).
-fn file_name_safe(host: &str) -> String {
+pub(crate) fn file_name_safe(host: &str) -> String {
     let safe: String = host
         .chars()
         .map(|c| {

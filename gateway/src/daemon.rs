@@ -2,7 +2,8 @@
 //!
 //! Start-up order matters for safety:
 //! 1. the configuration is validated (before this module runs);
-//! 2. the audit writer starts, so no decision is made without it;
+//! 2. the audit writer starts, so no decision is made without it (and the
+//!    upload of finished files, if a bucket is configured);
 //! 3. the HTTP listeners are bound and certificates, tokens and keys loaded;
 //! 4. every range source is read and the tables are written *before* the
 //!    XDP program is attached, so the first packet the filter sees is judged
@@ -22,7 +23,7 @@ use std::{
 };
 
 use analytics::{
-    AuditSender, AuditStore, AuditWriter, Event, Layer, Overflow, Sinks, jsonl::JsonLines,
+    AuditSender, AuditStore, AuditWriter, Event, Layer, Overflow, Sinks, Uploader, jsonl::JsonLines,
 };
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -60,6 +61,9 @@ pub enum DaemonError {
     /// The audit writer thread could not be started.
     #[error("cannot start the audit writer")]
     AuditWriter(#[source] std::io::Error),
+    /// The audit upload could not be set up (its record, its client).
+    #[error("cannot start the audit upload")]
+    AuditUpload(#[source] analytics::UploadError),
     /// The JSON-lines audit copy could not be opened.
     #[error("cannot open the audit file {path}")]
     Audit {
@@ -76,6 +80,9 @@ pub enum DaemonError {
 
 /// How long shutdown waits for the audit writer to flush.
 const AUDIT_FINISH: Duration = Duration::from_secs(30);
+/// How long shutdown waits for the last upload pass (what is left goes up
+/// at the next start).
+const UPLOAD_FINISH: Duration = Duration::from_secs(30);
 
 /// How often the drop-record ring is drained.
 const DROP_POLL: Duration = Duration::from_millis(250);
@@ -92,6 +99,19 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
     let listen_ports = listen_ports(&config);
     let (audit, receiver) = analytics::channel(config.audit.queue);
     let audit_writer = start_audit(&config.audit, receiver)?;
+    let upload = match &config.audit.upload {
+        Some(upload) => {
+            let uploader = Uploader::new(
+                &config.audit.store.dir,
+                &config.audit.store.host,
+                &upload.bucket,
+            )
+            .map_err(DaemonError::AuditUpload)?;
+            info!(bucket = %upload.bucket.url, "audit files upload");
+            Some(analytics::upload::spawn(uploader, upload.interval))
+        }
+        None => None,
+    };
 
     let server = match config.http {
         Some(http) => {
@@ -159,6 +179,15 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
             error = %error_chain(&e),
             "audit log not flushed; synced events are recovered at the next start"
         ),
+    }
+    if let Some(upload) = upload {
+        match upload.finish(UPLOAD_FINISH).await {
+            Ok(_) => info!("audit files uploaded"),
+            Err(e) => warn!(
+                error = %error_chain(&e),
+                "audit files not all uploaded; the rest go up at the next start"
+            ),
+        }
     }
     Ok(())
 }

@@ -140,7 +140,12 @@ pub fn store_config(dir: &Path) -> StoreConfig {
 /// Writes `events` into a store at `dir` through the real write path
 /// (segment, sync, a roll into Parquet per million events).
 pub fn write_events(dir: &Path, events: impl IntoIterator<Item = Event>) {
-    let (mut store, _) = AuditStore::open(store_config(dir)).expect("open the audit store");
+    write_events_with(store_config(dir), events);
+}
+
+/// [`write_events`] into a store opened with `config`.
+pub fn write_events_with(config: StoreConfig, events: impl IntoIterator<Item = Event>) {
+    let (mut store, _) = AuditStore::open(config).expect("open the audit store");
     for event in events {
         store.push(&event);
         if store.pending() == analytics::store::BATCH_ROWS {
@@ -220,9 +225,16 @@ pub fn analytics_bin() -> PathBuf {
 
 /// Runs `analytics --dir DIR ARGS...`.
 pub fn analytics(dir: &Path, args: &[&str]) -> Output {
+    analytics_at(dir.as_os_str(), &[], args)
+}
+
+/// Runs `analytics --dir LOCATION ARGS...` (a directory or a bucket URL)
+/// with extra environment variables.
+pub fn analytics_at(location: &std::ffi::OsStr, env: &[(&str, String)], args: &[&str]) -> Output {
     Command::new(analytics_bin())
         .arg("--dir")
-        .arg(dir)
+        .arg(location)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .args(args)
         .output()
         .expect("run analytics")

@@ -106,7 +106,15 @@ impl Daemon {
     /// Starts `gateway run --config CONFIG` in the test's own network
     /// namespace (loopback listeners only) and waits until it is running.
     pub fn start_local(config: &Path) -> Self {
-        Self::spawn(Command::new(gateway_bin()), config, |_| true)
+        Self::start_local_with_env(config, &[])
+    }
+
+    /// [`Daemon::start_local`] with extra environment variables (e.g. a
+    /// bucket's credentials).
+    pub fn start_local_with_env(config: &Path, env: &[(&str, String)]) -> Self {
+        let mut command = Command::new(gateway_bin());
+        command.envs(env.iter().map(|(k, v)| (k, v)));
+        Self::spawn(command, config, |_| true)
     }
 
     fn spawn(mut command: Command, config: &Path, ready: impl Fn(&Self) -> bool) -> Self {

@@ -15,6 +15,7 @@
 //! - [`nginx`]: Debian's nginx as a benchmark peer.
 //! - [`report`]: benchmark results as rows, JSON and a table.
 //! - [`audit`]: synthetic audit logs, the `analytics` command, DuckDB.
+//! - [`s3`]: an S3-compatible server (s3s-fs) on loopback.
 //!
 //! Privileged tests call [`require_root`] first: without root they fail with
 //! a message saying so, they never skip.
@@ -30,6 +31,7 @@ pub mod nginx;
 pub mod packet;
 pub mod pki;
 pub mod report;
+pub mod s3;
 pub mod upstream;
 
 /// Fails the test loudly unless it runs as root.

@@ -6,7 +6,9 @@
 //!    toolchain's library is the `LLVM_PREFIX` bpf-linker's build links to;
 //! 3. the Debian packages the tests and benchmarks drive;
 //! 4. the Python packages (PyPI) the interoperability tests read our
-//!    Parquet files with: DuckDB and pyarrow.
+//!    Parquet files with: DuckDB and pyarrow;
+//! 5. `s3s-fs` (crates.io), the S3-compatible server the upload tests run
+//!    on loopback.
 //!
 //! Each step checks first and does nothing when already done.
 
@@ -46,12 +48,38 @@ const PYTHON_PACKAGES: &[(&str, &str, &str)] = &[
     ),
 ];
 
+/// The S3-compatible server of the upload tests: the newest release that
+/// builds on the stable toolchain this workspace pins.
+const S3S_FS_VERSION: &str = "0.14.1";
+
 pub fn run() -> anyhow::Result<()> {
     nightly_rust_src()?;
     bpf_linker()?;
     debian_packages(PACKAGES)?;
     python_packages(PYTHON_PACKAGES)?;
+    s3s_fs()?;
     Ok(())
+}
+
+fn s3s_fs() -> anyhow::Result<()> {
+    let installed = output(Command::new("s3s-fs").arg("--version"))
+        .is_ok_and(|v| v.trim() == format!("s3s-fs {S3S_FS_VERSION}"));
+    if installed {
+        return Ok(());
+    }
+    eprintln!(
+        "setup: building s3s-fs {S3S_FS_VERSION} (the upload tests' S3 server; about two minutes, once)"
+    );
+    exec(Command::new("cargo").args([
+        "install",
+        "--locked",
+        "--version",
+        S3S_FS_VERSION,
+        "--features",
+        "binary",
+        "s3s-fs",
+    ]))
+    .context("s3s-fs could not be built; the audit upload tests need it")
 }
 
 /// Installs whichever of `packages` (name, version, what needs it) the

@@ -8,6 +8,10 @@
 //! analytics schema
 //! ```
 //!
+//! `--dir` is a gateway's `audit.dir`, or the `s3://bucket/prefix` a fleet
+//! uploads to (endpoint and credentials from the `AWS_*` environment
+//! variables, e.g. `AWS_ENDPOINT`, `AWS_ACCESS_KEY_ID`).
+//!
 //! Errors are one line on stderr and exit status 1; a damaged file is a
 //! warning on stderr and the query goes on without it.
 
@@ -27,7 +31,7 @@ use crate::{
     chart,
     output::{self, Format, OutputError},
     progress::Progress,
-    query::{Decisions, QueryError},
+    query::{Decisions, Location, QueryError},
     reports::Report,
     tail::{self, Tail, TailFormat},
 };
@@ -43,9 +47,10 @@ const FOLLOW_INTERVAL: Duration = Duration::from_millis(500);
     about = "SQL over the gateway's audit logs: every XDP and HTTP decision, in the table `decisions`"
 )]
 struct Cli {
-    /// The audit log directory (the gateway's `audit.dir`).
+    /// The audit log directory (the gateway's `audit.dir`), or the bucket
+    /// the gateways upload to (`s3://bucket/prefix`).
     #[arg(long, global = true, default_value = analytics::store::DEFAULT_DIR)]
-    dir: PathBuf,
+    dir: Location,
     #[command(subcommand)]
     command: Command,
 }
@@ -146,9 +151,7 @@ async fn run(cli: Cli) -> Result<(), OutputError> {
             }
             match chart {
                 Some(path) if report == Report::Timeline => draw(&cli.dir, &text, &path).await,
-                Some(_) => Err(OutputError::Encode(
-                    "--chart draws the timeline report only".into(),
-                )),
+                Some(_) => Err(OutputError::Usage("--chart draws the timeline report only")),
                 None => query(&cli.dir, &text, &output).await,
             }
         }
@@ -157,7 +160,12 @@ async fn run(cli: Cli) -> Result<(), OutputError> {
             follow,
             format,
         } => {
-            let (mut tail, newest) = Tail::start(&cli.dir, lines)?;
+            let Location::Dir(dir) = &cli.dir else {
+                return Err(OutputError::Usage(
+                    "tail reads a gateway's audit directory: recent decisions are not in the bucket yet",
+                ));
+            };
+            let (mut tail, newest) = Tail::start(dir, lines)?;
             let mut out = std::io::stdout().lock();
             if let Some(batch) = newest {
                 tail::write(&batch, format, &mut out)?;
@@ -192,8 +200,8 @@ async fn run(cli: Cli) -> Result<(), OutputError> {
 }
 
 /// Opens the decisions, saying which files are skipped.
-async fn open(dir: &Path) -> Result<Decisions, OutputError> {
-    let decisions = Decisions::open_dir(dir).await?;
+async fn open(location: &Location) -> Result<Decisions, OutputError> {
+    let decisions = Decisions::open_location(location).await?;
     for damaged in &decisions.damaged {
         eprintln!(
             "analytics: warning: skipping damaged file {}: {}",
@@ -203,8 +211,8 @@ async fn open(dir: &Path) -> Result<Decisions, OutputError> {
     Ok(decisions)
 }
 
-async fn draw(dir: &Path, sql: &str, path: &Path) -> Result<(), OutputError> {
-    let decisions = open(dir).await?;
+async fn draw(location: &Location, sql: &str, path: &Path) -> Result<(), OutputError> {
+    let decisions = open(location).await?;
     let batches = decisions
         .sql(sql)
         .await?
@@ -216,16 +224,16 @@ async fn draw(dir: &Path, sql: &str, path: &Path) -> Result<(), OutputError> {
     Ok(())
 }
 
-async fn query(dir: &Path, sql: &str, output: &OutputArgs) -> Result<(), OutputError> {
+async fn query(location: &Location, sql: &str, output: &OutputArgs) -> Result<(), OutputError> {
     if output.format == Format::Parquet
         && output.output.is_none()
         && std::io::stdout().is_terminal()
     {
-        return Err(OutputError::Encode(
-            "Parquet is binary: write it with --output FILE or into a pipe".into(),
+        return Err(OutputError::Usage(
+            "Parquet is binary: write it with --output FILE or into a pipe",
         ));
     }
-    let decisions = open(dir).await?;
+    let decisions = open(location).await?;
     let frame = decisions.sql(sql).await?;
     let _progress = Progress::start(decisions.read.clone(), decisions.bytes);
     let out: Box<dyn Write + Send> = match &output.output {

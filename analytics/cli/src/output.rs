@@ -46,6 +46,9 @@ pub enum OutputError {
     /// The query failed while running.
     #[error(transparent)]
     Query(#[from] QueryError),
+    /// Options that do not go together.
+    #[error("{0}")]
+    Usage(&'static str),
     /// Encoding failed.
     #[error("cannot encode the results: {0}")]
     Encode(String),

@@ -1,9 +1,11 @@
 //! SQL over the audit logs: the `decisions` table.
 //!
 //! The table is a DataFusion listing table over every `*.parquet` file
-//! under the log directory, with the Hive partitions `date` (DATE) and
-//! `hour` (INT) as columns, so `WHERE date = '2026-11-23'` reads one
-//! directory. Its schema is the gateway's own ([`analytics::schema`]), not
+//! under the log directory or bucket prefix, with the Hive partitions
+//! `date` (DATE) and `hour` (INT) as columns, so `WHERE date = '2026-11-23'`
+//! reads one directory. In a bucket the gateways' uploads sit under a
+//! `host=` directory each; every one is a root of the same table (the
+//! `host` column is in the files themselves). Its schema is the gateway's own ([`analytics::schema`]), not
 //! one inferred from whichever file comes first: files written by an older
 //! schema version read with nulls in the newer columns.
 //!
@@ -17,7 +19,10 @@ use std::{
     sync::Arc,
 };
 
-use analytics::schema::{self, TIME_COLUMN};
+use analytics::{
+    BucketConfig, UploadError,
+    schema::{self, TIME_COLUMN},
+};
 use datafusion::{
     arrow::datatypes::{DataType, Schema},
     datasource::{
@@ -30,7 +35,7 @@ use datafusion::{
 };
 use futures::{StreamExt as _, TryStreamExt as _};
 use object_store::ObjectStoreExt as _;
-use object_store::{ObjectStore, local::LocalFileSystem, path::Path as ObjectPath};
+use object_store::{ObjectMeta, ObjectStore, local::LocalFileSystem, path::Path as ObjectPath};
 use parquet::{
     arrow::parquet_to_arrow_schema,
     file::{
@@ -52,12 +57,39 @@ const FILES_TABLE: &str = "decision_files";
 /// Files whose footers are read at once.
 const FOOTER_READS: usize = 16;
 
+/// Where the logs are.
+#[derive(Clone, Debug)]
+pub enum Location {
+    /// A gateway's `audit.dir`.
+    Dir(PathBuf),
+    /// A bucket the gateways upload to (`[audit.upload]`); endpoint and
+    /// credentials from the standard `AWS_*` environment variables.
+    Bucket(BucketConfig),
+}
+
+impl std::str::FromStr for Location {
+    type Err = UploadError;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        if text.contains("://") {
+            let mut bucket = BucketConfig::parse(text)?;
+            bucket.allow_http = std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v == "true");
+            Ok(Self::Bucket(bucket))
+        } else {
+            Ok(Self::Dir(PathBuf::from(text)))
+        }
+    }
+}
+
 /// Why a query could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum QueryError {
     /// The log directory does not exist.
     #[error("no audit log directory at {0} (set --dir, or the gateway's audit.dir)")]
     NoDirectory(PathBuf),
+    /// The bucket's client could not be set up.
+    #[error(transparent)]
+    Bucket(#[from] UploadError),
     /// Listing the files failed.
     #[error("cannot list the audit files under {location}")]
     List {
@@ -116,6 +148,16 @@ pub struct Decisions {
 }
 
 impl Decisions {
+    /// Opens the logs at `location`.
+    pub async fn open_location(location: &Location) -> Result<Self, QueryError> {
+        match location {
+            Location::Dir(dir) => Self::open_dir(dir).await,
+            Location::Bucket(bucket) => {
+                Self::open(bucket.open()?, bucket.url.clone(), bucket.prefix()).await
+            }
+        }
+    }
+
     /// Opens the logs under the local directory `dir`.
     pub async fn open_dir(dir: &Path) -> Result<Self, QueryError> {
         let dir = dir
@@ -198,8 +240,7 @@ impl Decisions {
                 ("hour".into(), DataType::Utf8),
             ])
             .with_file_sort_order(vec![vec![col(TIME_COLUMN).sort(true, false)]]);
-        let table_url = ListingTableUrl::parse(url.as_str())?;
-        let config = ListingTableConfig::new(table_url)
+        let config = ListingTableConfig::new_with_multi_paths(table_roots(&url, &objects)?)
             .with_listing_options(options)
             .with_schema(schema::schema());
         let table = ListingTable::try_new(config)?;
@@ -226,6 +267,37 @@ impl Decisions {
     pub async fn sql(&self, sql: &str) -> Result<DataFrame, QueryError> {
         Ok(self.context.sql(sql).await?)
     }
+}
+
+/// Where the partitions start: `url` itself for a gateway's directory, or
+/// each `host=` directory under it for a bucket.
+fn table_roots(url: &Url, objects: &[ObjectMeta]) -> Result<Vec<ListingTableUrl>, QueryError> {
+    let mut roots: Vec<String> = objects
+        .iter()
+        .filter_map(|meta| {
+            let parts: Vec<_> = meta.location.parts().collect();
+            let date = parts.iter().position(|p| p.as_ref().starts_with("date="))?;
+            Some(
+                parts[..date]
+                    .iter()
+                    .map(|p| format!("/{}", p.as_ref()))
+                    .collect(),
+            )
+        })
+        .collect();
+    roots.sort();
+    roots.dedup();
+    if roots.is_empty() {
+        return Ok(vec![ListingTableUrl::parse(url.as_str())?]);
+    }
+    roots
+        .iter()
+        .map(|root| {
+            let mut url = url.clone();
+            url.set_path(&format!("{root}/"));
+            Ok(ListingTableUrl::parse(url.as_str())?)
+        })
+        .collect()
 }
 
 /// A finished audit file under `root`: `*.parquet`, neither hidden nor in a

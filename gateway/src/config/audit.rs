@@ -8,11 +8,17 @@
 //! roll_interval_secs = 300         # a Parquet file at least this often
 //! retention_days = 90
 //! http_overflow = "fail_closed"    # or "count_and_drop"
+//!
+//! [audit.upload]                    # optional: the fleet's one dataset
+//! url = "s3://audit-logs/origins"   # bucket and key prefix
+//! endpoint = "https://s3.example.net"  # S3-compatible services; AWS if unset
+//! region = "eu-west-1"
+//! interval_secs = 60                # new files go up this often
 //! ```
 
 use std::{path::PathBuf, time::Duration};
 
-use analytics::{Overflow, Retention, StoreConfig};
+use analytics::{BucketConfig, Overflow, Retention, StoreConfig};
 use serde::Deserialize;
 
 use super::{ConfigError, invalid};
@@ -50,6 +56,28 @@ pub struct RawAudit {
     pub http_overflow: Overflow,
     /// A JSON-lines file every event is also appended to.
     pub jsonl: Option<PathBuf>,
+    /// Uploads of finished files to a bucket.
+    pub upload: Option<RawUpload>,
+}
+
+/// `[audit.upload]` as written. Credentials are never in the file: they
+/// come from the standard `AWS_*` environment variables (e.g. a systemd
+/// `EnvironmentFile=`) or the machine's role.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpload {
+    /// `s3://bucket[/prefix]`.
+    pub url: String,
+    /// An S3-compatible service's URL.
+    pub endpoint: Option<String>,
+    /// The bucket's region.
+    pub region: Option<String>,
+    /// Allows a plain-HTTP `endpoint` (a test server on loopback).
+    #[serde(default)]
+    pub allow_http: bool,
+    /// Seconds between uploads of new files.
+    #[serde(default = "default_upload_interval_secs")]
+    pub interval_secs: u64,
 }
 
 impl Default for RawAudit {
@@ -79,6 +107,10 @@ fn default_retention_days() -> u32 {
     90
 }
 
+fn default_upload_interval_secs() -> u64 {
+    60
+}
+
 fn default_queue() -> usize {
     65_536
 }
@@ -96,6 +128,17 @@ pub struct AuditConfig {
     pub http_overflow: Overflow,
     /// JSON-lines copy.
     pub jsonl: Option<PathBuf>,
+    /// The fleet sink.
+    pub upload: Option<UploadConfig>,
+}
+
+/// The validated `[audit.upload]`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct UploadConfig {
+    /// Where files go.
+    pub bucket: BucketConfig,
+    /// How often new files go up.
+    pub interval: Duration,
 }
 
 impl RawAudit {
@@ -141,6 +184,7 @@ impl RawAudit {
         {
             return Err(invalid("audit.jsonl", "must be an absolute path"));
         }
+        let upload = self.upload.map(RawUpload::validate).transpose()?;
         Ok(AuditConfig {
             store: StoreConfig {
                 dir: self.dir,
@@ -158,6 +202,42 @@ impl RawAudit {
             queue: self.queue,
             http_overflow: self.http_overflow,
             jsonl: self.jsonl,
+            upload,
+        })
+    }
+}
+
+impl RawUpload {
+    fn validate(self) -> Result<UploadConfig, ConfigError> {
+        let mut bucket = BucketConfig::parse(&self.url)
+            .map_err(|e| invalid("audit.upload.url", e.to_string()))?;
+        if let Some(endpoint) = self.endpoint {
+            let url = url::Url::parse(&endpoint)
+                .ok()
+                .filter(|url| matches!(url.scheme(), "http" | "https") && url.has_host())
+                .ok_or_else(|| invalid("audit.upload.endpoint", "must be an http(s):// URL"))?;
+            if url.scheme() == "http" && !self.allow_http {
+                return Err(invalid(
+                    "audit.upload.endpoint",
+                    "is plain HTTP: credentials and logs would cross the network in clear (set allow_http = true for a loopback test server)",
+                ));
+            }
+            bucket.endpoint = Some(url);
+        }
+        if self.region.as_deref().is_some_and(|r| r.trim().is_empty()) {
+            return Err(invalid("audit.upload.region", "must not be empty"));
+        }
+        bucket.region = self.region;
+        bucket.allow_http = self.allow_http;
+        if !(1..=86_400).contains(&self.interval_secs) {
+            return Err(invalid(
+                "audit.upload.interval_secs",
+                "must be between 1 and 86400",
+            ));
+        }
+        Ok(UploadConfig {
+            bucket,
+            interval: Duration::from_secs(self.interval_secs),
         })
     }
 }
@@ -194,6 +274,23 @@ mod tests {
         assert_eq!(config.store.retention.max_age_days, None);
         assert_eq!(config.store.retention.max_bytes, Some(2 << 20));
         assert_eq!(config.store.host, "web-1");
+        assert_eq!(config.upload, None);
+    }
+
+    #[test]
+    fn upload_names_a_bucket_and_prefix() {
+        let config = parse(
+            "[upload]\nurl = \"s3://logs/origins\"\nendpoint = \"http://127.0.0.1:9000\"\nallow_http = true",
+        )
+        .unwrap();
+        let upload = config.upload.unwrap();
+        assert_eq!(upload.bucket.url.as_str(), "s3://logs/origins/");
+        assert_eq!(upload.bucket.prefix().as_ref(), "origins");
+        assert_eq!(
+            upload.bucket.endpoint.unwrap().as_str(),
+            "http://127.0.0.1:9000/"
+        );
+        assert_eq!(upload.interval, Duration::from_secs(60));
     }
 
     #[test]
@@ -207,6 +304,24 @@ mod tests {
             ("retention_max_mib = 0", "audit.retention_max_mib"),
             ("queue = 0", "audit.queue"),
             ("jsonl = \"a.jsonl\"", "audit.jsonl"),
+            ("upload.url = \"/tmp/x\"", "audit.upload.url"),
+            ("upload.url = \"s3://\"", "audit.upload.url"),
+            (
+                "upload = { url = \"s3://b\", endpoint = \"http://s3.example\" }",
+                "audit.upload.endpoint",
+            ),
+            (
+                "upload = { url = \"s3://b\", endpoint = \"ftp://s3.example\" }",
+                "audit.upload.endpoint",
+            ),
+            (
+                "upload = { url = \"s3://b\", region = \"\" }",
+                "audit.upload.region",
+            ),
+            (
+                "upload = { url = \"s3://b\", interval_secs = 0 }",
+                "audit.upload.interval_secs",
+            ),
         ] {
             let error = parse(text).unwrap_err().to_string();
             assert!(error.contains(&format!("`{key}`")), "{text}: {error}");
