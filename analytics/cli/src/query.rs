@@ -221,14 +221,12 @@ impl Decisions {
         damaged.sort_by(|a, b| a.path.cmp(&b.path));
 
         let read = Arc::new(BytesRead::default());
-        let context = SessionContext::new_with_config(
-            SessionConfig::new()
-                .with_information_schema(true)
-                // Evaluate filters while decoding: the usual audit query
-                // keeps few rows of many.
-                .set_bool("datafusion.execution.parquet.pushdown_filters", true)
-                .set_bool("datafusion.execution.parquet.reorder_filters", true),
-        );
+        // Filters are evaluated after decoding (DataFusion's default), not
+        // pushed into the Parquet decoder: on 10M events pushdown made the
+        // usual aggregates (a third to a tenth of the rows kept) 1.3-1.8x
+        // slower and only a needle search (one identity) 1.4x faster.
+        let context =
+            SessionContext::new_with_config(SessionConfig::new().with_information_schema(true));
         context.register_object_store(
             &url,
             Arc::new(ScanStore::new(store, hidden, Arc::clone(&read))),

@@ -14,7 +14,7 @@
 //!   and import not counted), medians of [`QUERY_RUNS`] after a warm-up.
 //!
 //! Usage: `bench-audit [RESULTS_DIR]`; `bench-audit ingest parquet|jsonl DIR`
-//! is the child.
+//! is the child; `bench-audit data DIR` writes the query data set alone.
 
 use std::{
     path::Path,
@@ -101,6 +101,13 @@ fn main() {
         println!("{result}");
         return;
     }
+    // The query data set alone, to study the queries by hand.
+    if let [_, mode, dir] = &args[..]
+        && mode == "data"
+    {
+        write_query_data(Path::new(dir));
+        return;
+    }
     gateway_tests::require_root();
     let work = tempfile::tempdir_in("/var/tmp").expect("a scratch directory");
     let mut rows = Vec::new();
@@ -146,10 +153,7 @@ fn main() {
 
     let logs = work.path().join("query");
     let started = Instant::now();
-    audit::write_events(
-        &logs,
-        audit::synthetic_events(QUERY_EVENTS, QUERY_SPAN_US, 42),
-    );
+    write_query_data(&logs);
     let bytes: u64 = files::list(&logs)
         .iter()
         .map(|p| p.metadata().map_or(0, |m| m.len()))
@@ -193,6 +197,11 @@ fn main() {
         ("ingest_jsonl".to_owned(), lines),
     ]);
     report::publish(&report::out_dir(), "audit", &rows, &notes, extra);
+}
+
+/// The [`QUERY_EVENTS`] events of the queries, into `dir`.
+fn write_query_data(dir: &Path) {
+    audit::write_events(dir, audit::synthetic_events(QUERY_EVENTS, QUERY_SPAN_US, 42));
 }
 
 /// Runs one ingest in a child process and returns what it printed.
