@@ -201,7 +201,10 @@ fn main() {
 
 /// The [`QUERY_EVENTS`] events of the queries, into `dir`.
 fn write_query_data(dir: &Path) {
-    audit::write_events(dir, audit::synthetic_events(QUERY_EVENTS, QUERY_SPAN_US, 42));
+    audit::write_events(
+        dir,
+        audit::synthetic_events(QUERY_EVENTS, QUERY_SPAN_US, 42),
+    );
 }
 
 /// Runs one ingest in a child process and returns what it printed.
