@@ -93,63 +93,141 @@ pub fn partition(time_us: i64) -> PathBuf {
 }
 
 /// Rows gathered into one batch at a time while a file is written: the
-/// sorted events are never all copied at once, so a roll needs little more
-/// memory than the segment's own batches.
+/// sorted events are never all copied at once.
 const GATHER_ROWS: usize = 64 * 1024;
 
 /// Writes the events of `batches` as Parquet files named `<name>.parquet`,
 /// one per hour partition under `root`, each sorted by time. Returns the
 /// files written.
 pub fn write(root: &Path, name: &str, batches: &[RecordBatch]) -> Result<Vec<PathBuf>, StoreError> {
-    // (time, batch, row) of every event, in time order (ties in arrival
-    // order).
-    let mut order: Vec<(i64, usize, usize)> =
-        Vec::with_capacity(batches.iter().map(RecordBatch::num_rows).sum());
-    for (b, batch) in batches.iter().enumerate() {
-        let times = batch
-            .column(0)
-            .as_primitive::<TimestampMicrosecondType>()
-            .values();
-        order.extend(times.iter().enumerate().map(|(row, &time)| (time, b, row)));
+    let mut files = FileSet::new(root, name);
+    let appended = files.append(batches);
+    match appended {
+        Ok(()) => files.finish(),
+        Err(e) => {
+            files.abandon();
+            Err(e)
+        }
     }
-    order.sort_unstable();
-    let sources: Vec<&RecordBatch> = batches.iter().collect();
+}
 
-    let mut written = Vec::new();
-    let mut rest = &order[..];
-    while let Some(&(first, ..)) = rest.first() {
-        let hour = first.div_euclid(HOUR_US);
-        let len = rest.partition_point(|(time, ..)| time.div_euclid(HOUR_US) == hour);
-        let (events, next) = rest.split_at(len);
-        let path = root
-            .join(partition(first))
-            .join(format!("{name}.{EXTENSION}"));
-        write_file(&path, |writer| {
+/// The Parquet files of one segment while they are written, one per hour
+/// partition, each under its temporary name until [`FileSet::finish`].
+///
+/// Every [`FileSet::append`] sorts its events by time and ends a row group:
+/// the store appends as events arrive, so a segment's events need not all
+/// be held in memory until the roll. Each row group is sorted (the Parquet
+/// metadata says so per row group); a file is sorted as a whole when it was
+/// written in one append (recovery).
+pub struct FileSet {
+    root: PathBuf,
+    name: String,
+    /// By hour (µs since the epoch / one hour), oldest first.
+    open: Vec<(i64, PartFile)>,
+}
+
+impl FileSet {
+    /// No file yet; they are created as events of their hour arrive.
+    pub fn new(root: &Path, name: &str) -> Self {
+        Self {
+            root: root.to_owned(),
+            name: name.to_owned(),
+            open: Vec::new(),
+        }
+    }
+
+    /// Appends the events of `batches`, sorted by time (ties in arrival
+    /// order), to the files of their hours, as one row group per file. On an
+    /// error the set is unusable: [`FileSet::abandon`] it.
+    pub fn append(&mut self, batches: &[RecordBatch]) -> Result<(), StoreError> {
+        // (time, batch, row) of every event, in time order.
+        let mut order: Vec<(i64, usize, usize)> =
+            Vec::with_capacity(batches.iter().map(RecordBatch::num_rows).sum());
+        for (b, batch) in batches.iter().enumerate() {
+            let times = batch
+                .column(0)
+                .as_primitive::<TimestampMicrosecondType>()
+                .values();
+            order.extend(times.iter().enumerate().map(|(row, &time)| (time, b, row)));
+        }
+        order.sort_unstable();
+        let sources: Vec<&RecordBatch> = batches.iter().collect();
+
+        let mut rest = &order[..];
+        while let Some(&(first, ..)) = rest.first() {
+            let hour = first.div_euclid(HOUR_US);
+            let len = rest.partition_point(|(time, ..)| time.div_euclid(HOUR_US) == hour);
+            let (events, next) = rest.split_at(len);
+            let file = self.file(hour, first)?;
             for chunk in events.chunks(GATHER_ROWS) {
                 let rows: Vec<(usize, usize)> = chunk.iter().map(|&(_, b, r)| (b, r)).collect();
                 let batch = interleave_record_batch(&sources, &rows)
-                    .map_err(StoreError::arrow("sorting", &path))?;
-                writer.write(&batch).map_err(StoreError::parquet(&path))?;
+                    .map_err(StoreError::arrow("sorting", &file.tmp))?;
+                file.writer
+                    .write(&batch)
+                    .map_err(StoreError::parquet(&file.tmp))?;
             }
-            Ok(())
-        })?;
-        written.push(path);
-        rest = next;
+            file.writer
+                .flush()
+                .map_err(StoreError::parquet(&file.tmp))?;
+            rest = next;
+        }
+        Ok(())
     }
-    Ok(written)
+
+    /// The file of `hour` (holding `time_us`), created if needed.
+    fn file(&mut self, hour: i64, time_us: i64) -> Result<&mut PartFile, StoreError> {
+        let at = match self.open.binary_search_by_key(&hour, |(h, _)| *h) {
+            Ok(at) => at,
+            Err(at) => {
+                let path = self
+                    .root
+                    .join(partition(time_us))
+                    .join(format!("{}.{EXTENSION}", self.name));
+                self.open.insert(at, (hour, PartFile::create(path)?));
+                at
+            }
+        };
+        Ok(&mut self.open[at].1)
+    }
+
+    /// Closes, fsyncs and renames every file into place. Returns them. On
+    /// an error the files not yet in place are removed; writing the same
+    /// events again under the same name replaces those that are.
+    pub fn finish(self) -> Result<Vec<PathBuf>, StoreError> {
+        let mut written = Vec::new();
+        let mut open = self.open.into_iter();
+        for (_, file) in open.by_ref() {
+            match file.finish() {
+                Ok(path) => written.push(path),
+                Err(e) => {
+                    open.for_each(|(_, file)| file.abandon());
+                    return Err(e);
+                }
+            }
+        }
+        Ok(written)
+    }
+
+    /// Removes the temporary files.
+    pub fn abandon(self) {
+        self.open.into_iter().for_each(|(_, file)| file.abandon());
+    }
 }
 
-/// Writes one file under a temporary name with what `fill` writes, and
-/// renames it into place.
-fn write_file(
-    path: &Path,
-    fill: impl FnOnce(&mut ArrowWriter<BufWriter<File>>) -> Result<(), StoreError>,
-) -> Result<(), StoreError> {
-    let dir = path.parent().expect("files live in partitions");
-    create_dirs(dir)?;
-    let file_name = path.file_name().expect("named").to_string_lossy();
-    let tmp = dir.join(format!(".{file_name}.tmp"));
-    let result = (|| {
+/// One file being written under its temporary name.
+struct PartFile {
+    path: PathBuf,
+    tmp: PathBuf,
+    writer: ArrowWriter<BufWriter<File>>,
+}
+
+impl PartFile {
+    fn create(path: PathBuf) -> Result<Self, StoreError> {
+        let dir = path.parent().expect("files live in partitions");
+        create_dirs(dir)?;
+        let file_name = path.file_name().expect("named").to_string_lossy();
+        let tmp = dir.join(format!(".{file_name}.tmp"));
         // Identities and addresses: not for every local user to read.
         let file = OpenOptions::new()
             .write(true)
@@ -158,30 +236,45 @@ fn write_file(
             .mode(0o640)
             .open(&tmp)
             .map_err(StoreError::io("creating", &tmp))?;
-        let mut writer = ArrowWriter::try_new(
+        let writer = ArrowWriter::try_new(
             BufWriter::with_capacity(1 << 20, file),
             schema::schema(),
             Some(writer_properties()),
-        )
-        .map_err(StoreError::parquet(&tmp))?;
-        fill(&mut writer)?;
-        let file = writer
-            .into_inner()
-            .map_err(StoreError::parquet(&tmp))?
-            .into_inner()
-            .map_err(|e| StoreError::Io {
-                action: "writing",
-                path: tmp.clone(),
-                source: e.into_error(),
-            })?;
-        file.sync_all().map_err(StoreError::io("syncing", &tmp))?;
-        std::fs::rename(&tmp, path).map_err(StoreError::io("renaming into place", path))?;
-        fsync_dir(dir)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
+        );
+        match writer {
+            Ok(writer) => Ok(Self { path, tmp, writer }),
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                Err(StoreError::parquet(&tmp)(e))
+            }
+        }
     }
-    result
+
+    fn finish(self) -> Result<PathBuf, StoreError> {
+        let Self { path, tmp, writer } = self;
+        let result = (|| {
+            let file = writer
+                .into_inner()
+                .map_err(StoreError::parquet(&tmp))?
+                .into_inner()
+                .map_err(|e| StoreError::Io {
+                    action: "writing",
+                    path: tmp.clone(),
+                    source: e.into_error(),
+                })?;
+            file.sync_all().map_err(StoreError::io("syncing", &tmp))?;
+            std::fs::rename(&tmp, &path).map_err(StoreError::io("renaming into place", &path))?;
+            fsync_dir(path.parent().expect("files live in partitions"))
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        result.map(|()| path)
+    }
+
+    fn abandon(self) {
+        let _ = std::fs::remove_file(&self.tmp);
+    }
 }
 
 /// Creates `dir` and any missing parents, making each new entry durable.

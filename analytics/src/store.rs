@@ -21,11 +21,12 @@ use std::{
 };
 
 use arrow::array::RecordBatch;
+use tracing::warn;
 
 use crate::{
     error::StoreError,
     event::Event,
-    files::{self, Retention},
+    files::{self, FileSet, Retention},
     schema::EventBatchBuilder,
     wal::{self, Segment},
 };
@@ -36,6 +37,10 @@ pub const DEFAULT_DIR: &str = "/var/lib/gateway/audit";
 
 /// Rows per record batch: the unit of a segment append.
 pub const BATCH_ROWS: usize = 8192;
+
+/// Rows appended to the Parquet files at once, as one row group: what the
+/// store holds in memory besides the batch being built (about 25 MiB).
+pub const ROW_GROUP_ROWS: usize = 64 * 1024;
 
 /// Where and how the store keeps events.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -112,15 +117,54 @@ impl StoreStatus {
     }
 }
 
-/// The segment being filled and the batches it holds.
+/// The segment being filled, and its Parquet files being written.
 struct OpenSegment {
     segment: Segment,
     /// `<host>-<start>-<random>`: the stem of the segment and its files.
     name: String,
-    batches: Vec<RecordBatch>,
+    /// Batches appended to the segment, not yet to the files.
+    pending: Vec<RecordBatch>,
+    pending_rows: usize,
+    /// The files, a row group at a time; `None` once writing them failed:
+    /// the roll then writes them from the segment on disk.
+    files: Option<FileSet>,
     rows: usize,
     opened: Instant,
     hour: i64,
+}
+
+impl OpenSegment {
+    /// Appends the pending batches to the files as one row group. A
+    /// failure is not the caller's: the events are in the segment, and the
+    /// roll writes the files from it instead.
+    fn write_pending(&mut self) {
+        if let Some(files) = &mut self.files
+            && let Err(e) = files.append(&self.pending)
+        {
+            warn!(
+                error = %crate::error_chain(&e),
+                "audit file not written as events arrive; the roll writes it from the segment"
+            );
+            if let Some(files) = self.files.take() {
+                files.abandon();
+            }
+        }
+        self.pending.clear();
+        self.pending_rows = 0;
+    }
+
+    /// The files, complete: from the row groups written so far, or, after
+    /// a failure, from the segment on disk.
+    fn finish_files(&mut self, root: &Path) -> Result<Vec<PathBuf>, StoreError> {
+        self.write_pending();
+        match self.files.take() {
+            Some(files) => files.finish(),
+            None => {
+                let read = wal::read(self.segment.path())?;
+                files::write(root, &self.name, &read.batches)
+            }
+        }
+    }
 }
 
 /// The store. See the module documentation.
@@ -219,11 +263,15 @@ impl AuditStore {
         let batch = self.builder.finish();
         open.rows += batch.num_rows();
         self.unsynced += batch.num_rows() as u64;
-        open.batches.push(batch);
         // On failure the batch stays pending in the segment, which writes
         // it first on the next call.
-        open.segment
-            .append(open.batches.last().expect("pushed above"))
+        let appended = open.segment.append(&batch);
+        open.pending_rows += batch.num_rows();
+        open.pending.push(batch);
+        if open.pending_rows >= ROW_GROUP_ROWS {
+            open.write_pending();
+        }
+        appended
     }
 
     /// Flushes and fsyncs: everything pushed so far is durable.
@@ -255,10 +303,10 @@ impl AuditStore {
     /// retention. Returns the files written.
     pub fn roll(&mut self) -> Result<Vec<PathBuf>, StoreError> {
         self.sync()?;
-        let Some(open) = &self.open else {
+        let Some(open) = &mut self.open else {
             return Ok(Vec::new());
         };
-        let written = files::write(&self.config.dir, &open.name, &open.batches)?;
+        let written = open.finish_files(&self.config.dir)?;
         let path = open.segment.path().to_owned();
         std::fs::remove_file(&path).map_err(StoreError::io("removing", &path))?;
         self.open = None;
@@ -288,8 +336,10 @@ impl AuditStore {
         let path = self.wal_dir.join(format!("{name}.{}", wal::EXTENSION));
         Ok(OpenSegment {
             segment: Segment::create(path)?,
+            files: Some(FileSet::new(&self.config.dir, &name)),
             name,
-            batches: Vec::new(),
+            pending: Vec::new(),
+            pending_rows: 0,
             rows: 0,
             opened: Instant::now(),
             hour: hour_of(now),
@@ -388,6 +438,76 @@ mod tests {
             .sum()
     }
 
+    /// The times of each row group of each file under `dir`.
+    fn row_group_times(dir: &Path) -> Vec<Vec<i64>> {
+        use arrow::{array::AsArray as _, datatypes::TimestampMicrosecondType};
+        use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+        let mut groups = Vec::new();
+        for path in files::list(dir) {
+            let file = std::fs::File::open(&path).unwrap();
+            let builder =
+                ParquetRecordBatchReaderBuilder::try_new(file.try_clone().unwrap()).unwrap();
+            for group in 0..builder.metadata().num_row_groups() {
+                let reader = ParquetRecordBatchReaderBuilder::try_new(file.try_clone().unwrap())
+                    .unwrap()
+                    .with_row_groups(vec![group])
+                    .build()
+                    .unwrap();
+                let mut times = Vec::new();
+                for batch in reader {
+                    let batch = batch.unwrap();
+                    let column = batch.column(0).as_primitive::<TimestampMicrosecondType>();
+                    times.extend(column.values().iter().copied());
+                }
+                groups.push(times);
+            }
+        }
+        groups
+    }
+
+    #[test]
+    fn files_are_written_a_sorted_row_group_at_a_time_and_from_the_segment_after_a_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = AuditStore::open(config(dir.path())).unwrap();
+        let n = ROW_GROUP_ROWS as i64 * 2 + 100;
+        // Newest first: every row group must come out sorted.
+        for i in (0..n).rev() {
+            store.push(&event(i));
+            if store.pending() == BATCH_ROWS {
+                store.flush().unwrap();
+            }
+        }
+        // Two row groups are already in the temporary files: memory holds
+        // no more than the rows since.
+        let open = store.open.as_ref().unwrap();
+        assert!(open.pending_rows < ROW_GROUP_ROWS, "{}", open.pending_rows);
+        store.roll().unwrap();
+        let groups = row_group_times(dir.path());
+        assert!(groups.len() >= 3, "{} row groups", groups.len());
+        assert!(groups.iter().all(|g| g.is_sorted()));
+        assert_eq!(groups.iter().map(Vec::len).sum::<usize>(), n as usize);
+
+        // The temporary files vanish under the writer: the roll fails, and
+        // the retry writes the files from the segment.
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = AuditStore::open(config(dir.path())).unwrap();
+        for i in 0..n {
+            store.push(&event(i));
+            if store.pending() == BATCH_ROWS {
+                store.flush().unwrap();
+            }
+        }
+        for partition in files::partitions(dir.path()) {
+            for entry in std::fs::read_dir(partition).unwrap() {
+                std::fs::remove_file(entry.unwrap().path()).unwrap();
+            }
+        }
+        assert!(store.roll().is_err());
+        store.roll().unwrap();
+        assert_eq!(rows_in_files(dir.path()), n as usize);
+        assert!(row_group_times(dir.path()).iter().all(|g| g.is_sorted()));
+    }
+
     #[test]
     fn synced_events_survive_a_crash_and_are_recovered_once() {
         let dir = tempfile::tempdir().unwrap();
@@ -432,8 +552,8 @@ mod tests {
         store.sync().unwrap();
         // The files are in place but the segment is still there, as after a
         // kill between the rename and the segment's removal.
-        let open = store.open.as_ref().unwrap();
-        files::write(dir.path(), &open.name, &open.batches).unwrap();
+        let open = store.open.as_mut().unwrap();
+        open.finish_files(dir.path()).unwrap();
         drop(store);
         assert_eq!(rows_in_files(dir.path()), 7);
         let (_, recovery) = AuditStore::open(config(dir.path())).unwrap();

@@ -19,10 +19,7 @@ use std::{
     sync::Arc,
 };
 
-use analytics::{
-    BucketConfig, UploadError,
-    schema::{self, TIME_COLUMN},
-};
+use analytics::{BucketConfig, UploadError, schema};
 use datafusion::{
     arrow::datatypes::{DataType, Schema},
     datasource::{
@@ -30,7 +27,6 @@ use datafusion::{
         listing::{ListingOptions, ListingTable, ListingTableConfig, ListingTableUrl},
     },
     error::DataFusionError,
-    logical_expr::col,
     prelude::{DataFrame, SessionConfig, SessionContext},
 };
 use futures::{StreamExt as _, TryStreamExt as _};
@@ -236,8 +232,7 @@ impl Decisions {
             .with_table_partition_cols(vec![
                 ("date".into(), DataType::Date32),
                 ("hour".into(), DataType::Utf8),
-            ])
-            .with_file_sort_order(vec![vec![col(TIME_COLUMN).sort(true, false)]]);
+            ]);
         let config = ListingTableConfig::new_with_multi_paths(table_roots(&url, &objects)?)
             .with_listing_options(options)
             .with_schema(schema::schema());
