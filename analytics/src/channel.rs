@@ -163,6 +163,11 @@ impl AuditReceiver {
     pub fn backlog(&self) -> usize {
         self.rx.len()
     }
+
+    /// Whether every sender is gone: the writer is being stopped.
+    pub fn is_closed(&self) -> bool {
+        self.rx.is_closed()
+    }
 }
 
 #[cfg(test)]

@@ -118,9 +118,9 @@ async fn run(
             biased;
             _ = tick.tick() => {
                 if let Some(store) = &mut sinks.store {
-                    until_done(store, AuditStore::sync).await;
+                    until_done(store, AuditStore::sync, &receiver).await;
                     if store.roll_due() {
-                        until_done(store, |s| s.roll().map(drop)).await;
+                        until_done(store, |s| s.roll().map(drop), &receiver).await;
                     }
                 }
                 sinks.flush_jsonl();
@@ -140,7 +140,7 @@ async fn run(
                 if let Some(store) = &mut sinks.store
                     && store.pending() >= BATCH_ROWS
                 {
-                    until_done(store, AuditStore::flush).await;
+                    until_done(store, AuditStore::flush, &receiver).await;
                 }
                 if receiver.backlog() == 0 {
                     sinks.flush_jsonl();
@@ -165,9 +165,13 @@ impl Sinks {
 
 /// Runs `step` until it succeeds, reporting the failure (once per distinct
 /// error) and the recovery. Meanwhile no event is taken off the channel.
+/// Once the writer is being stopped it gives up after one failure: the
+/// final roll reports it, and the stop is not held up until the disk
+/// recovers (what is synced stays in the segment for the next start).
 async fn until_done(
     store: &mut AuditStore,
     step: impl Fn(&mut AuditStore) -> Result<(), StoreError>,
+    receiver: &AuditReceiver,
 ) {
     let status = store.status();
     let mut reported: Option<String> = None;
@@ -180,6 +184,9 @@ async fn until_done(
                     warn!(error = %message, "audit store failing; not taking events until it recovers");
                     status.set_error(Some(message.clone()));
                     reported = Some(message);
+                }
+                if receiver.is_closed() {
+                    return;
                 }
                 tokio::time::sleep(RETRY_INTERVAL).await;
             }
