@@ -2,9 +2,16 @@
 //! rolls into Parquet files when it is big, old, or its hour is over.
 //!
 //! ```text
-//! push ──► builder ──flush──► segment (.wal/*.arrows) ──roll──► date=/hour=/*.parquet
-//!                              sync = fsync: durable            then the segment goes
+//! push ──► builder ──flush──► segment (.wal/*.arrows)      sync = fsync: durable
+//!                        └──► hidden .tmp Parquet files, a row group per 64k events
+//!                                  ──roll──► renamed into date=/hour=/*.parquet,
+//!                                            then the segment goes
 //! ```
+//!
+//! The segment is the record; the files being written are a copy kept so
+//! the store never holds a whole segment in memory. If writing them fails,
+//! or a crash leaves them half-written, they are written again from the
+//! segment.
 //!
 //! All calls are synchronous and do their own I/O; [`crate::writer`] decides
 //! when to call them and retries after errors. Every step can be repeated
