@@ -131,7 +131,6 @@ struct OpenSegment {
     name: String,
     /// Batches appended to the segment, not yet to the files.
     pending: Vec<RecordBatch>,
-    pending_rows: usize,
     /// The files, a row group at a time; `None` once writing them failed:
     /// the roll then writes them from the segment on disk.
     files: Option<FileSet>,
@@ -157,7 +156,11 @@ impl OpenSegment {
             }
         }
         self.pending.clear();
-        self.pending_rows = 0;
+    }
+
+    /// Rows appended to the segment, not yet to the files.
+    fn pending_rows(&self) -> usize {
+        self.pending.iter().map(RecordBatch::num_rows).sum()
     }
 
     /// The files, complete: from the row groups written so far, or, after
@@ -273,9 +276,8 @@ impl AuditStore {
         // On failure the batch stays pending in the segment, which writes
         // it first on the next call.
         let appended = open.segment.append(&batch);
-        open.pending_rows += batch.num_rows();
         open.pending.push(batch);
-        if open.pending_rows >= ROW_GROUP_ROWS {
+        if open.pending_rows() >= ROW_GROUP_ROWS {
             open.write_pending();
         }
         appended
@@ -346,7 +348,6 @@ impl AuditStore {
             files: Some(FileSet::new(&self.config.dir, &name)),
             name,
             pending: Vec::new(),
-            pending_rows: 0,
             rows: 0,
             opened: Instant::now(),
             hour: hour_of(now),
@@ -487,7 +488,11 @@ mod tests {
         // Two row groups are already in the temporary files: memory holds
         // no more than the rows since.
         let open = store.open.as_ref().unwrap();
-        assert!(open.pending_rows < ROW_GROUP_ROWS, "{}", open.pending_rows);
+        assert!(
+            open.pending_rows() < ROW_GROUP_ROWS,
+            "{}",
+            open.pending_rows()
+        );
         store.roll().unwrap();
         let groups = row_group_times(dir.path());
         assert!(groups.len() >= 3, "{} row groups", groups.len());

@@ -5,9 +5,10 @@
 //! `date` (DATE) and `hour` (INT) as columns, so `WHERE date = '2026-11-23'`
 //! reads one directory. In a bucket the gateways' uploads sit under a
 //! `host=` directory each; every one is a root of the same table (the
-//! `host` column is in the files themselves). Its schema is the gateway's own ([`analytics::schema`]), not
-//! one inferred from whichever file comes first: files written by an older
-//! schema version read with nulls in the newer columns.
+//! `host` column is in the files themselves). Its schema is the gateway's
+//! own ([`analytics::schema`]), not one inferred from whichever file comes
+//! first: files written by an older schema version read with nulls in the
+//! newer columns.
 //!
 //! Before the query, every file's footer is read once; a file that is not
 //! Parquet, is cut short, or holds other columns is reported and left out,
@@ -68,9 +69,7 @@ impl std::str::FromStr for Location {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         if text.contains("://") {
-            let mut bucket = BucketConfig::parse(text)?;
-            bucket.allow_http = std::env::var("AWS_ALLOW_HTTP").is_ok_and(|v| v == "true");
-            Ok(Self::Bucket(bucket))
+            Ok(Self::Bucket(BucketConfig::parse(text)?))
         } else {
             Ok(Self::Dir(PathBuf::from(text)))
         }
