@@ -240,6 +240,22 @@ pub fn analytics_at(location: &std::ffi::OsStr, env: &[(&str, String)], args: &[
         .expect("run analytics")
 }
 
+/// Runs `analytics --dir LOCATION query --format json SQL` with extra
+/// environment variables, which must succeed; the rows as JSON objects.
+pub fn query_rows(
+    location: &std::ffi::OsStr,
+    env: &[(&str, String)],
+    sql: &str,
+) -> Vec<serde_json::Value> {
+    let out = analytics_at(location, env, &["query", "--format", "json", sql]);
+    assert!(
+        out.status.success(),
+        "analytics failed on {sql}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    json_lines(&out.stdout)
+}
+
 /// The DuckDB view of the same files our `decisions` table reads: every
 /// `*.parquet` under `dir`, with the Hive partitions typed as ours are.
 const DUCKDB: &str = r#"

@@ -78,6 +78,18 @@ pub fn gateway_command(ns: &Netns) -> Command {
     cmd
 }
 
+/// Config of an app `wiki.example.com` whose one policy admits service
+/// tokens only (its upstream, port 9, is never reached): a request without
+/// credentials is refused with 401 and audited.
+pub const SERVICE_AUTH_APP: &str = r#"[[app]]
+name = "wiki"
+hostname = "wiki.example.com"
+upstream = "http://127.0.0.1:9"
+[[app.policy]]
+name = "bots"
+action = "service_auth"
+include = ["any_service_token"]"#;
+
 /// Runs `gateway ARGS` in `ns` to completion.
 pub fn gateway(ns: &Netns, args: &[&str]) -> Output {
     gateway_command(ns)

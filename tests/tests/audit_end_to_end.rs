@@ -14,8 +14,8 @@ use std::{
 };
 
 use gateway_tests::{
-    audit::{analytics, json_lines},
-    daemon::Daemon,
+    audit::{analytics, json_lines, query_rows},
+    daemon::{Daemon, SERVICE_AUTH_APP},
     filter::{PinGuard, unique_pin_dir},
     netns::{Topology, addr::*},
     require_root,
@@ -72,14 +72,7 @@ store = "{tokens}"
 dir = "{audit}"
 host = "origin-1"
 
-[[app]]
-name = "wiki"
-hostname = "wiki.example.com"
-upstream = "http://127.0.0.1:9"
-[[app.policy]]
-name = "bots"
-action = "service_auth"
-include = ["any_service_token"]
+{SERVICE_AUTH_APP}
 "#,
             pin = layout.root().display(),
             tokens = dir.path().join("tokens.json").display(),
@@ -142,22 +135,12 @@ include = ["any_service_token"]
         DATAGRAMS
     );
 
-    let out = analytics(
-        &audit_dir,
-        &[
-            "query",
-            "--format",
-            "json",
-            "SELECT DISTINCT host, layer, decision, reason, client_ip, app, status \
-             FROM decisions ORDER BY layer",
-        ],
+    let rows = query_rows(
+        audit_dir.as_os_str(),
+        &[],
+        "SELECT DISTINCT host, layer, decision, reason, client_ip, app, status \
+         FROM decisions ORDER BY layer",
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rows = json_lines(&out.stdout);
     let http = json!({
         "host": "origin-1", "layer": "http", "decision": "deny", "reason": "no_credentials",
         "client_ip": RELAY4, "app": "wiki", "status": 401,

@@ -4,7 +4,7 @@
 
 use std::{path::Path, process::Command};
 
-use gateway_tests::audit::{self, analytics, duckdb, json_lines};
+use gateway_tests::audit::{self, analytics, duckdb, json_lines, query_rows};
 use serde_json::Value;
 
 /// Three hours of decisions, hour partitions 07, 08 and 09.
@@ -49,13 +49,7 @@ fn canonical_value(value: &Value) -> Value {
 }
 
 fn ours(dir: &Path, sql: &str) -> Vec<Value> {
-    let out = analytics(dir, &["query", "--format", "json", sql]);
-    assert!(
-        out.status.success(),
-        "analytics failed on {sql}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    json_lines(&out.stdout)
+    query_rows(dir.as_os_str(), &[], sql)
 }
 
 #[test]

@@ -19,10 +19,10 @@ use analytics::{
 };
 use gateway_tests::{
     audit::{
-        START_US, analytics, analytics_at, json_lines, store_config, synthetic_events,
-        write_events, write_events_with,
+        START_US, analytics_at, query_rows, store_config, synthetic_events, write_events,
+        write_events_with,
     },
-    daemon::Daemon,
+    daemon::{Daemon, SERVICE_AUTH_APP},
     s3::{BUCKET, S3Server},
 };
 use object_store::{ObjectStore, ObjectStoreExt as _, path::Path as Key};
@@ -165,17 +165,7 @@ fn a_large_file_goes_up_in_parts_byte_for_byte() {
 
 /// `analytics --dir s3://audit/fleet ...` against `server`, as JSON rows.
 fn bucket_query(server: &S3Server, sql: &str) -> Vec<Value> {
-    let out = analytics_at(
-        format!("s3://{BUCKET}/fleet").as_ref(),
-        &server.env(),
-        &["query", "--format", "json", sql],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    json_lines(&out.stdout)
+    query_rows(format!("s3://{BUCKET}/fleet").as_ref(), &server.env(), sql)
 }
 
 #[test]
@@ -193,16 +183,12 @@ fn a_fleet_lands_in_one_dataset_that_analytics_queries_from_the_bucket() {
         write_events_with(config, synthetic_events(events, 2 * HOUR_US, seed));
         let mut sink = uploader(&root, host, server.client(), "fleet");
         assert_eq!(rt.block_on(sink.pass()).unwrap(), 2);
-        let out = analytics(
-            &root,
-            &[
-                "query",
-                "--format",
-                "json",
-                "SELECT count(*) AS n FROM decisions WHERE hour = 8",
-            ],
+        let rows = query_rows(
+            root.as_os_str(),
+            &[],
+            "SELECT count(*) AS n FROM decisions WHERE hour = 8",
         );
-        local_counts.push(json_lines(&out.stdout)[0]["n"].as_u64().unwrap());
+        local_counts.push(rows[0]["n"].as_u64().unwrap());
     }
 
     assert_eq!(
@@ -282,14 +268,7 @@ endpoint = "{endpoint}"
 allow_http = true
 interval_secs = 1
 
-[[app]]
-name = "wiki"
-hostname = "wiki.example.com"
-upstream = "http://127.0.0.1:9"
-[[app.policy]]
-name = "bots"
-action = "service_auth"
-include = ["any_service_token"]
+{SERVICE_AUTH_APP}
 "#,
             tokens = dir.path().join("tokens.json").display(),
             audit = dir.path().join("audit").display(),

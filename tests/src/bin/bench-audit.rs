@@ -154,19 +154,20 @@ fn main() {
     let logs = work.path().join("query");
     let started = Instant::now();
     write_query_data(&logs);
-    let bytes: u64 = files::list(&logs)
+    let written = files::list(&logs);
+    let bytes: u64 = written
         .iter()
         .map(|p| p.metadata().map_or(0, |m| m.len()))
         .sum();
     notes.push(format!(
         "query data: {QUERY_EVENTS} events over 24 h in {} files, {:.0} MiB, written in {:.1} s",
-        files::list(&logs).len(),
+        written.len(),
         bytes as f64 / 1048576.0,
         started.elapsed().as_secs_f64()
     ));
     // Size on disk of realistic events (all distinct), against the same
     // events as JSON lines.
-    let json_bytes: usize = audit::synthetic_events(QUERY_EVENTS, QUERY_SPAN_US, 42)
+    let json_bytes: usize = query_events()
         .map(|event| serde_json::to_vec(&event).expect("an event as JSON").len() + 1)
         .sum();
     rows.push(Row {
@@ -176,7 +177,7 @@ fn main() {
         baseline: "JSON lines of the same events".into(),
         baseline_value: json_bytes as f64 / QUERY_EVENTS as f64,
         goal: "ratio <= 0.1".into(),
-        note: format!("{} Parquet files", files::list(&logs).len()),
+        note: format!("{} Parquet files", written.len()),
     });
     for (name, sql) in QUERIES {
         let (our_rows, ours) = our_query(&logs, sql);
@@ -199,12 +200,14 @@ fn main() {
     report::publish(&report::out_dir(), "audit", &rows, &notes, extra);
 }
 
-/// The [`QUERY_EVENTS`] events of the queries, into `dir`.
+/// The [`QUERY_EVENTS`] events the queries run on (the same every run).
+fn query_events() -> impl Iterator<Item = Event> {
+    audit::synthetic_events(QUERY_EVENTS, QUERY_SPAN_US, 42)
+}
+
+/// [`query_events`], written through the store into `dir`.
 fn write_query_data(dir: &Path) {
-    audit::write_events(
-        dir,
-        audit::synthetic_events(QUERY_EVENTS, QUERY_SPAN_US, 42),
-    );
+    audit::write_events(dir, query_events());
 }
 
 /// Runs one ingest in a child process and returns what it printed.
