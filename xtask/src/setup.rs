@@ -6,7 +6,8 @@
 //!    toolchain's library is the `LLVM_PREFIX` bpf-linker's build links to;
 //! 3. the Debian packages the tests and benchmarks drive;
 //! 4. the Python packages (PyPI) the interoperability tests read our
-//!    Parquet files with: DuckDB and pyarrow;
+//!    Parquet files with: DuckDB (and pytz, which it needs for time zones)
+//!    and pyarrow;
 //! 5. `s3s-fs` (crates.io), the S3-compatible server the upload tests run
 //!    on loopback.
 //!
@@ -45,6 +46,11 @@ const PYTHON_PACKAGES: &[(&str, &str, &str)] = &[
         "pyarrow",
         "26.0.1",
         "reading the audit logs in the interoperability tests",
+    ),
+    (
+        "pytz",
+        "2026.6",
+        "DuckDB's conversion of timestamps with a time zone to Python",
     ),
 ];
 
