@@ -34,20 +34,35 @@ pub struct Refused;
 #[derive(Clone, Debug)]
 pub struct AuditSender {
     tx: mpsc::Sender<Event>,
-    lost: Arc<AtomicU64>,
+    lost: Arc<Lost>,
 }
 
 /// The writer's end of the channel.
 #[derive(Debug)]
 pub struct AuditReceiver {
     rx: mpsc::Receiver<Event>,
-    lost: Arc<AtomicU64>,
+    lost: Arc<Lost>,
+}
+
+/// Events dropped for want of room: those not yet reported as an
+/// `audit_overflow` event, and all of them (for metrics).
+#[derive(Debug, Default)]
+struct Lost {
+    unreported: AtomicU64,
+    total: AtomicU64,
+}
+
+impl Lost {
+    fn add(&self) {
+        self.unreported.fetch_add(1, Ordering::Relaxed);
+        self.total.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// A channel holding at most `capacity` events.
 pub fn channel(capacity: usize) -> (AuditSender, AuditReceiver) {
     let (tx, rx) = mpsc::channel(capacity.max(1));
-    let lost = Arc::new(AtomicU64::new(0));
+    let lost = Arc::new(Lost::default());
     (
         AuditSender {
             tx,
@@ -85,7 +100,37 @@ impl AuditSender {
 
     /// Events dropped so far and not yet reported.
     pub fn lost(&self) -> u64 {
-        self.lost.load(Ordering::Relaxed)
+        self.lost.unreported.load(Ordering::Relaxed)
+    }
+
+    /// A view of the channel for status reports that, unlike a sender,
+    /// does not keep the writer waiting for more at shutdown.
+    pub fn monitor(&self) -> AuditMonitor {
+        AuditMonitor {
+            tx: self.tx.downgrade(),
+            lost: self.lost.clone(),
+        }
+    }
+}
+
+/// The channel's fill and losses, for status and metrics.
+#[derive(Clone, Debug)]
+pub struct AuditMonitor {
+    tx: mpsc::WeakSender<Event>,
+    lost: Arc<Lost>,
+}
+
+impl AuditMonitor {
+    /// Events dropped since the channel was made, reported or not.
+    pub fn lost_total(&self) -> u64 {
+        self.lost.total.load(Ordering::Relaxed)
+    }
+
+    /// Events waiting for the writer (0 once every sender is gone).
+    pub fn queued(&self) -> usize {
+        self.tx
+            .upgrade()
+            .map_or(0, |tx| tx.max_capacity() - tx.capacity())
     }
 }
 
@@ -94,7 +139,7 @@ impl AuditSender {
 #[derive(Debug)]
 pub struct Slot {
     permit: Option<mpsc::OwnedPermit<Event>>,
-    lost: Arc<AtomicU64>,
+    lost: Arc<Lost>,
 }
 
 impl Slot {
@@ -104,9 +149,7 @@ impl Slot {
             Some(permit) => {
                 permit.send(event);
             }
-            None => {
-                self.lost.fetch_add(1, Ordering::Relaxed);
-            }
+            None => self.lost.add(),
         }
     }
 }
@@ -114,7 +157,7 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         if self.permit.take().is_some() {
-            self.lost.fetch_add(1, Ordering::Relaxed);
+            self.lost.add();
         }
     }
 }
@@ -150,7 +193,7 @@ impl AuditReceiver {
     }
 
     fn take_lost(&mut self) -> Option<Event> {
-        let lost = self.lost.swap(0, Ordering::Relaxed);
+        let lost = self.lost.unreported.swap(0, Ordering::Relaxed);
         (lost > 0).then(|| Event {
             time_us: Event::now_us(),
             reason: "audit_overflow".into(),
@@ -192,6 +235,8 @@ mod tests {
         let (tx, mut rx) = channel(2);
         tx.send(event("a"), Overflow::FailClosed).unwrap();
         tx.send(event("b"), Overflow::FailClosed).unwrap();
+        let monitor = tx.monitor();
+        assert_eq!(monitor.queued(), 2);
         assert!(tx.reserve(Overflow::FailClosed).is_err());
         assert_eq!(tx.send(event("c"), Overflow::FailClosed), Err(Refused));
         tx.send(event("d"), Overflow::CountAndDrop).unwrap();
@@ -200,11 +245,15 @@ mod tests {
         let first = recv(&mut rx).await.unwrap();
         assert_eq!(first.reason, "audit_overflow");
         assert_eq!(first.packets, Some(2));
+        assert_eq!((tx.lost(), monitor.lost_total()), (0, 2));
         assert_eq!(recv(&mut rx).await.unwrap().reason, "a");
         assert_eq!(recv(&mut rx).await.unwrap().reason, "b");
+        assert_eq!(monitor.queued(), 0);
         // A slot dropped unfilled is a lost event, not a silent one.
         drop(tx.reserve(Overflow::FailClosed).unwrap());
         assert_eq!(recv(&mut rx).await.unwrap().packets, Some(1));
+        assert_eq!(monitor.lost_total(), 3);
+        // The monitor does not keep the channel open.
         drop(tx);
         assert_eq!(recv(&mut rx).await, None);
     }

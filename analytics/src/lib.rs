@@ -33,12 +33,12 @@ pub mod writer;
 
 use std::path::Path;
 
-pub use channel::{AuditReceiver, AuditSender, Overflow, Refused, Slot, channel};
+pub use channel::{AuditMonitor, AuditReceiver, AuditSender, Overflow, Refused, Slot, channel};
 pub use error::StoreError;
 pub use event::{Decision, Event, Layer};
 pub use files::Retention;
 pub use store::{AuditStore, Recovery, StoreConfig, StoreStatus};
-pub use upload::{BucketConfig, UploadError, Uploader};
+pub use upload::{BucketConfig, UploadError, UploadStatus, Uploader};
 pub use writer::{AuditWriter, Sinks};
 
 /// Makes the entries of `dir` (creations, renames, removals) durable.

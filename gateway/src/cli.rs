@@ -9,14 +9,29 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::{Args, Parser, Subcommand};
 use tracing::error;
 
-use crate::{config::Config, daemon, error_chain, paths, tokens::TokenStore, xdp};
+use crate::{admin, config::Config, daemon, error_chain, paths, tokens::TokenStore, xdp};
 
 /// Origin gateway: XDP relay-range lock-down, identity checks, audit log.
 #[derive(Debug, Parser)]
 #[command(name = "gateway", version, about)]
 pub struct Cli {
+    /// Log format on stderr: `text`, or `json` (one object per line).
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "GATEWAY_LOG_FORMAT",
+        default_value = "text"
+    )]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -31,6 +46,18 @@ enum Command {
     CheckConfig {
         /// The configuration file.
         file: PathBuf,
+    },
+    /// Show the running daemon's state (from its admin endpoint).
+    Status {
+        /// Find the admin endpoint in this configuration file.
+        #[arg(long, short, default_value = paths::DEFAULT_CONFIG)]
+        config: PathBuf,
+        /// The admin endpoint's address (instead of the configuration's).
+        #[arg(long)]
+        admin: Option<std::net::SocketAddr>,
+        /// Print the status as JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Manage the XDP filter directly.
     #[command(subcommand)]
@@ -111,7 +138,7 @@ const EX_USAGE: u8 = 64;
 /// Parses the command line, runs the command, maps the outcome to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    init_tracing(cli.log_format);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Usage(message)) => {
@@ -144,6 +171,34 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::CheckConfig { file } => {
             Config::load(&file).map_err(|e| usage(&e))?;
             println!("{}: ok", file.display());
+            Ok(())
+        }
+        Command::Status {
+            config,
+            admin,
+            json,
+        } => {
+            let address = match admin {
+                Some(address) => address,
+                None => Config::load(&config)
+                    .map_err(|e| usage(&e))?
+                    .admin
+                    .ok_or_else(|| {
+                        Failure::Usage(format!(
+                            "{}: the admin endpoint is disabled ([admin] enabled = false)",
+                            config.display()
+                        ))
+                    })?,
+            };
+            let status = tokio_runtime()?
+                .block_on(admin::fetch_status(address))
+                .map_err(|e| runtime(&e))?;
+            if json {
+                let text = serde_json::to_string_pretty(&status).map_err(|e| runtime(&e))?;
+                println!("{text}");
+            } else {
+                print!("{}", status.render());
+            }
             Ok(())
         }
         Command::Run { config: path } => {
@@ -288,14 +343,16 @@ fn tokio_runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .map_err(|e| runtime(&e))
 }
 
-fn init_tracing() {
+fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("GATEWAY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     // Colours only on a terminal: journald and log files get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs.with_ansi(ansi).init(),
+        LogFormat::Json => logs.json().flatten_event(true).init(),
+    }
 }

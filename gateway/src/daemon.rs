@@ -9,6 +9,10 @@
 //!    XDP program is attached, so the first packet the filter sees is judged
 //!    against the complete set.
 //!
+//! The admin endpoint is bound first (a taken port fails before anything
+//! else happens) and reports "not ready" until the end of start-up, when
+//! systemd is told `READY=1`.
+//!
 //! Afterwards the daemon refreshes sources on their intervals, reloads the
 //! config on SIGHUP, turns drop records into audit events and a summary log
 //! line, and on SIGINT/SIGTERM drains HTTP connections, flushes the audit
@@ -19,12 +23,14 @@ use std::{
     collections::HashMap,
     net::IpAddr,
     path::{Path, PathBuf},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
 use analytics::{
     AuditSender, AuditStore, AuditWriter, Event, Layer, Overflow, Sinks, Uploader, jsonl::JsonLines,
 };
+use sd_notify::NotifyState;
 use tokio::{
     signal::unix::{SignalKind, signal},
     time::{Instant, Interval, MissedTickBehavior},
@@ -32,10 +38,12 @@ use tokio::{
 use tracing::{info, warn};
 
 use crate::{
+    admin::{self, AdminServer},
     config::{AuditConfig, Config, ConfigError, XdpConfig},
     error_chain,
     paths::PinLayout,
     proxy::{self, Server},
+    status::{AttachedInterface, StatusSources, XdpStatus},
     xdp::{
         self, Filter, FilterSettings,
         sources::RangeSources,
@@ -76,6 +84,9 @@ pub enum DaemonError {
     /// Signal handlers could not be installed.
     #[error("cannot install signal handlers")]
     Signals(#[source] std::io::Error),
+    /// The admin endpoint could not start.
+    #[error(transparent)]
+    Admin(#[from] admin::AdminError),
 }
 
 /// How long shutdown waits for the audit writer to flush.
@@ -99,6 +110,19 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
     let listen_ports = listen_ports(&config);
     let (audit, receiver) = analytics::channel(config.audit.queue);
     let audit_writer = start_audit(&config.audit, receiver)?;
+    let status = Arc::new(StatusSources::new(
+        config.audit.store.dir.clone(),
+        audit.monitor(),
+        audit_writer.status(),
+    ));
+    let admin = match config.admin {
+        Some(listen) => {
+            let admin = AdminServer::start(listen, status.clone()).await?;
+            info!(address = %admin.local_addr(), "admin endpoint listening (metrics, health, status)");
+            Some(admin)
+        }
+        None => None,
+    };
     let upload = match &config.audit.upload {
         Some(upload) => {
             let uploader = Uploader::new(
@@ -108,7 +132,9 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
             )
             .map_err(DaemonError::AuditUpload)?;
             info!(bucket = %upload.bucket.url, "audit files upload");
-            Some(analytics::upload::spawn(uploader, upload.interval))
+            let task = analytics::upload::spawn(uploader, upload.interval);
+            status.set_upload(task.status());
+            Some(task)
         }
         None => None,
     };
@@ -127,6 +153,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
         for address in server.local_addrs() {
             info!(%address, "listening");
         }
+        status.set_gateway(Some((server.gateway().clone(), server.local_addrs())));
     }
     let mut xdp = match config.xdp {
         Some(xdp_config) => Some(
@@ -140,20 +167,30 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
         ),
         None => None,
     };
+    if let Some(xdp) = &xdp {
+        status.set_xdp(xdp.status.clone());
+    }
     drop(audit);
 
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
+    status.set_ready(true);
+    notify_systemd(&[NotifyState::Ready]);
     info!("gateway running; the XDP filter stays pinned when the daemon stops");
     loop {
         tokio::select! {
             _ = sigterm.recv() => break,
             _ = sigint.recv() => break,
             _ = sighup.recv() => {
-                if let Err(e) = reload(&config_path, &config.audit, server.as_ref(), xdp.as_mut()).await {
+                // systemd wants the reload's start time with RELOADING=1.
+                let mut reloading = vec![NotifyState::Reloading];
+                reloading.extend(NotifyState::monotonic_usec_now().ok());
+                notify_systemd(&reloading);
+                if let Err(e) = reload(&config_path, (&config.audit, config.admin), server.as_ref(), xdp.as_mut()).await {
                     warn!(error = %error_chain(&*e), "reload failed; keeping the running configuration");
                 }
+                notify_systemd(&[NotifyState::Ready]);
             }
             _ = async {
                 match xdp.as_mut() {
@@ -164,8 +201,15 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
         }
     }
     info!("stopping");
+    status.set_ready(false);
+    notify_systemd(&[NotifyState::Stopping]);
     if let Some(server) = server {
         server.shutdown().await;
+    }
+    // The gateway holds an audit sender: let it go so the writer can finish.
+    status.set_gateway(None);
+    if let Some(admin) = admin {
+        admin.stop().await;
     }
     if let Some(xdp) = xdp.take() {
         xdp.stop();
@@ -190,6 +234,13 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
         }
     }
     Ok(())
+}
+
+/// Tells systemd (`Type=notify`) where the daemon is; a no-op elsewhere.
+fn notify_systemd(state: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(state) {
+        warn!(error = %e, "cannot notify systemd");
+    }
 }
 
 /// Opens the audit store (recovering what a crash left), the JSON-lines
@@ -244,6 +295,8 @@ struct XdpService {
     drop_sweep: Interval,
     summary: Interval,
     audit: AuditSender,
+    /// What status and metrics report, kept up to date here.
+    status: Arc<Mutex<XdpStatus>>,
 }
 
 impl XdpService {
@@ -256,7 +309,7 @@ impl XdpService {
         let sources = RangeSources::load(&config.relay, &config.management, config.allow_any)
             .await
             .map_err(DaemonError::Sources)?;
-        let filter = start_filter(&config, &sources, &listen_ports)?;
+        let (filter, status) = start_filter(&config, &sources, &listen_ports)?;
         let mut drops = DropEvents::open(&PinLayout::new(&config.pin_dir))?;
         if let Ok(saved) = std::fs::read(&drop_state) {
             drops.restore(&saved);
@@ -277,6 +330,7 @@ impl XdpService {
             drop_sweep,
             summary: tokio::time::interval_at(Instant::now() + DROP_SUMMARY, DROP_SUMMARY),
             audit,
+            status: Arc::new(Mutex::new(status)),
         })
     }
 
@@ -302,13 +356,31 @@ impl XdpService {
         for (source, error) in &outcome.failures {
             warn!(%source, error = %error_chain(error), "range update refused; keeping the last good list");
         }
-        if outcome.changed {
+        let applied = if outcome.changed {
             match self.filter.apply_ranges(&self.sources.set()) {
-                Ok(applied) => info!(?applied, "range update applied"),
+                Ok(applied) => {
+                    info!(?applied, "range update applied");
+                    Some(applied)
+                }
                 Err(e) => {
-                    warn!(error = %error_chain(&e), "range update could not be written; the previous set stays in force")
+                    warn!(error = %error_chain(&e), "range update could not be written; the previous set stays in force");
+                    None
                 }
             }
+        } else {
+            None
+        };
+        let mut status = self.status.lock().unwrap_or_else(|e| e.into_inner());
+        status.source_errors = outcome
+            .failures
+            .iter()
+            .map(|(source, error)| format!("{source}: {}", error_chain(error)))
+            .collect();
+        if outcome.failures.is_empty() {
+            status.ranges_checked_at = Some(crate::unix_now());
+        }
+        if let Some(applied) = applied {
+            status.record_applied(&applied);
         }
     }
 
@@ -409,11 +481,12 @@ pub fn listen_ports(config: &Config) -> Vec<u16> {
 
 /// Loads the program, writes the tables, then attaches to every interface.
 /// `listen_ports` are protected in addition to the configured ports.
+/// Returns the filter and what it now enforces.
 pub fn start_filter(
     config: &XdpConfig,
     sources: &RangeSources,
     listen_ports: &[u16],
-) -> Result<Filter, xdp::Error> {
+) -> Result<(Filter, XdpStatus), xdp::Error> {
     let layout = PinLayout::new(&config.pin_dir);
     let mut filter = Filter::load(&layout)?;
     filter.configure(&FilterSettings::from_config(
@@ -422,17 +495,33 @@ pub fn start_filter(
     ))?;
     let applied = filter.apply_ranges(&sources.set())?;
     info!(?applied, "range set written");
-    for interface in &config.interfaces {
-        let attached = filter.attach(interface, config.attach)?;
-        info!(interface, ?attached, mode = ?config.mode, monitor = config.monitor, "XDP filter attached");
-    }
+    let mut status = XdpStatus::new(config);
+    status.record_applied(&applied);
+    status.ranges_checked_at = Some(crate::unix_now());
+    status.interfaces = attach_all(&mut filter, config)?;
     xdp::remove_stale_maps(&layout)?;
-    Ok(filter)
+    Ok((filter, status))
+}
+
+/// Attaches to every configured interface.
+fn attach_all(
+    filter: &mut Filter,
+    config: &XdpConfig,
+) -> Result<Vec<AttachedInterface>, xdp::Error> {
+    config
+        .interfaces
+        .iter()
+        .map(|interface| {
+            let attached = filter.attach(interface, config.attach)?;
+            info!(interface, ?attached, mode = ?config.mode, monitor = config.monitor, "XDP filter attached");
+            Ok(AttachedInterface::new(interface, attached))
+        })
+        .collect()
 }
 
 async fn reload(
     path: &Path,
-    audit: &AuditConfig,
+    (audit, admin): (&AuditConfig, Option<std::net::SocketAddr>),
     server: Option<&Server>,
     xdp: Option<&mut XdpService>,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
@@ -470,10 +559,13 @@ async fn reload(
             &next,
             xdp.listen_ports.iter().copied(),
         ))?;
-        xdp.filter.apply_ranges(&sources.set())?;
-        for interface in &next.interfaces {
-            xdp.filter.attach(interface, next.attach)?;
-        }
+        let applied = xdp.filter.apply_ranges(&sources.set())?;
+        let interfaces = attach_all(&mut xdp.filter, &next)?;
+        let mut status = XdpStatus::new(&next);
+        status.record_applied(&applied);
+        status.ranges_checked_at = Some(crate::unix_now());
+        status.interfaces = interfaces;
+        *xdp.status.lock().unwrap_or_else(|e| e.into_inner()) = status;
         xdp.config = next;
         xdp.sources = sources;
     } else if config.xdp.is_some() {
@@ -488,6 +580,9 @@ async fn reload(
         warn!(
             "[audit] changes take effect at the next restart; the audit log keeps its running settings"
         );
+    }
+    if config.admin != admin {
+        warn!("[admin] changes take effect at the next restart");
     }
     if let (Some(server), Some(http)) = (server, config.http) {
         server.reload(http);

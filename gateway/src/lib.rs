@@ -13,19 +13,25 @@
 //! - [`tokens`]: the service-token store (hashes only, constant-time checks).
 //! - [`sessions`]: the gateway's own signed session tokens and their keys.
 //! - [`proxy`]: the identity gateway: listeners, request phases, upstream.
+//! - [`status`]: what the running daemon reports about itself.
+//! - [`metrics`]: Prometheus metrics, recorded and read from the status.
+//! - [`admin`]: the loopback endpoint serving metrics, health and status.
 //! - [`daemon`]: `gateway run`, the long-running process.
 //! - [`cli`]: the command line; `main.rs` only calls [`cli::main`].
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod credentials;
 pub mod daemon;
 pub mod fetch;
 pub mod jwt;
+pub mod metrics;
 pub mod paths;
 pub mod policy;
 pub mod proxy;
 pub mod sessions;
+pub mod status;
 pub mod tokens;
 pub mod xdp;
 

@@ -23,16 +23,22 @@ pub fn gateway_bin() -> PathBuf {
 /// beside the `deps/` directory that holds the test executables, and beside
 /// the benchmark binaries (`cargo xtask bench` builds it with them).
 pub fn built_bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("current_exe");
+    try_built_bin(name).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`built_bin`], returning where it was looked for (and how to build it)
+/// when it is missing.
+pub fn try_built_bin(name: &str) -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     exe.ancestors()
         .skip(1)
         .take(2)
         .map(|dir| dir.join(name))
         .find(|bin| bin.exists())
-        .unwrap_or_else(|| {
-            panic!(
+        .ok_or_else(|| {
+            format!(
                 "no {name} beside {}: run the tests with `cargo test` or \
-                 `cargo xtask test`, which build it",
+                 `cargo xtask test`, which build it (or `cargo build -p gateway-tests --bins`)",
                 exe.display()
             )
         })
@@ -41,30 +47,39 @@ pub fn built_bin(name: &str) -> PathBuf {
 /// (client id, secret) from the output of `gateway token create` or
 /// `rotate`; panics, with the command's stderr, if it failed.
 pub fn token_credentials(out: &Output) -> (String, String) {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    try_token_credentials(out).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`token_credentials`], returning the command's stderr (or its output
+/// when a field is missing) as the failure.
+pub fn try_token_credentials(out: &Output) -> Result<(String, String), String> {
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
     let text = String::from_utf8_lossy(&out.stdout);
     let field = |name: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(name))
-            .unwrap_or_else(|| panic!("no {name} in {text}"))
-            .trim()
-            .to_string()
+            .map(|value| value.trim().to_string())
+            .ok_or_else(|| format!("no {name} in {text}"))
     };
-    (
-        field("CF-Access-Client-Id:"),
-        field("CF-Access-Client-Secret:"),
-    )
+    Ok((
+        field("CF-Access-Client-Id:")?,
+        field("CF-Access-Client-Secret:")?,
+    ))
 }
 
 /// A `gateway` command that will run inside `ns`'s network namespace.
 pub fn gateway_command(ns: &Netns) -> Command {
-    let mut cmd = Command::new(gateway_bin());
+    try_gateway_command(ns).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`gateway_command`], returning a failure to find the binary or open the
+/// namespace instead of panicking.
+pub fn try_gateway_command(ns: &Netns) -> Result<Command, String> {
+    let mut cmd = Command::new(try_built_bin("gateway-under-test")?);
     let path = format!("/var/run/netns/{}", ns.name());
-    let file = File::open(&path).unwrap_or_else(|e| panic!("cannot open {path}: {e}"));
+    let file = File::open(&path).map_err(|e| format!("cannot open {path}: {e}"))?;
     // SAFETY: only async-signal-safe calls (setns) between fork and exec; the
     // file stays open in the parent until the command is spawned.
     unsafe {
@@ -75,7 +90,7 @@ pub fn gateway_command(ns: &Netns) -> Command {
             Ok(())
         });
     }
-    cmd
+    Ok(cmd)
 }
 
 /// Config of an app `wiki.example.com` whose one policy admits service
@@ -110,9 +125,21 @@ impl Daemon {
     /// it is running and every interface in `interfaces` has a pinned link
     /// under `layout`.
     pub fn start(ns: &Netns, config: &Path, layout: &PinLayout, interfaces: &[&str]) -> Self {
-        Self::spawn(gateway_command(ns), config, |_| {
-            interfaces.iter().all(|i| layout.link(i).exists())
-        })
+        Self::try_start(ns, config, layout, interfaces, &|| false).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Daemon::start`], returning a failure (with the daemon's log)
+    /// instead of panicking, and giving up early once `give_up` returns
+    /// true (it is asked every 20 ms while waiting).
+    pub fn try_start(
+        ns: &Netns,
+        config: &Path,
+        layout: &PinLayout,
+        interfaces: &[&str],
+        give_up: &dyn Fn() -> bool,
+    ) -> Result<Self, String> {
+        let ready = |_: &Self| interfaces.iter().all(|i| layout.link(i).exists());
+        Self::try_spawn(try_gateway_command(ns)?, config, ready, give_up)
     }
 
     /// Starts `gateway run --config CONFIG` in the test's own network
@@ -126,12 +153,18 @@ impl Daemon {
     pub fn start_local_with_env(config: &Path, env: &[(&str, String)]) -> Self {
         let mut command = Command::new(gateway_bin());
         command.envs(env.iter().map(|(k, v)| (k, v)));
-        Self::spawn(command, config, |_| true)
+        Self::try_spawn(command, config, |_| true, &|| false).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    fn spawn(mut command: Command, config: &Path, ready: impl Fn(&Self) -> bool) -> Self {
+    fn try_spawn(
+        mut command: Command,
+        config: &Path,
+        ready: impl Fn(&Self) -> bool,
+        give_up: &dyn Fn() -> bool,
+    ) -> Result<Self, String> {
         let log = config.with_extension(format!("log-{}", std::process::id()));
-        let stderr = File::create(&log).expect("log file");
+        let stderr =
+            File::create(&log).map_err(|e| format!("cannot create {}: {e}", log.display()))?;
         let child = command
             .args(["run", "--config"])
             .arg(config)
@@ -139,7 +172,8 @@ impl Daemon {
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
-            .expect("cannot start the gateway");
+            .map_err(|e| format!("cannot start the gateway: {e}"))?;
+        // From here on, dropping `daemon` (on any error) kills the process.
         let mut daemon = Self {
             child: Some(child),
             log,
@@ -151,16 +185,23 @@ impl Daemon {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!("gateway exited early ({status}):\n{}", daemon.log_text());
+                return Err(format!(
+                    "gateway exited early ({status}):\n{}",
+                    daemon.log_text()
+                ));
             }
-            assert!(
-                Instant::now() < deadline,
-                "gateway did not start within 30 s:\n{}",
-                daemon.log_text()
-            );
+            if give_up() {
+                return Err("gave up waiting for the gateway to start".into());
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "gateway did not start within 30 s:\n{}",
+                    daemon.log_text()
+                ));
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
-        daemon
+        Ok(daemon)
     }
 
     /// The daemon's process id.
@@ -171,12 +212,36 @@ impl Daemon {
     /// The addresses the daemon logged as `listening`, in config order
     /// (HTTPS listeners first, then plain ones).
     pub fn listening(&self) -> Vec<std::net::SocketAddr> {
+        self.logged_addresses()
+            .filter(|(line, _)| line.contains("listening") && !line.contains("admin endpoint"))
+            .map(|(_, address)| address)
+            .collect()
+    }
+
+    /// The admin endpoint's address, as the daemon logged it.
+    pub fn admin_addr(&self) -> std::net::SocketAddr {
+        self.logged_addresses()
+            .find(|(line, _)| line.contains("admin endpoint"))
+            .map(|(_, address)| address)
+            .unwrap_or_else(|| panic!("no admin endpoint logged:\n{}", self.log_text()))
+    }
+
+    /// (line, address) for every log line with an `address` field, in text
+    /// (`address=...`) or JSON (`"address":"..."`) logs.
+    fn logged_addresses(&self) -> impl Iterator<Item = (String, std::net::SocketAddr)> {
         self.log_text()
             .lines()
-            .filter(|l| l.contains("listening"))
-            .filter_map(|l| l.split("address=").nth(1))
-            .filter_map(|rest| rest.split_whitespace().next()?.parse().ok())
-            .collect()
+            .filter_map(|line| {
+                let rest = line
+                    .split("address=")
+                    .nth(1)
+                    .or_else(|| line.split("\"address\":\"").nth(1))?;
+                let end = rest.find([' ', '"']).unwrap_or(rest.len());
+                let address = rest[..end].parse().ok()?;
+                Some((line.to_owned(), address))
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
     }
 
     /// The log so far.
@@ -205,6 +270,35 @@ impl Daemon {
         // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
         child.wait().expect("wait")
+    }
+
+    /// SIGTERM, then waits up to `limit` for the daemon to exit (it drains
+    /// requests and flushes the audit log); past that it is killed and the
+    /// failure says so. Nothing happens if it was already stopped.
+    pub fn stop_within(&mut self, limit: Duration) -> Result<std::process::ExitStatus, String> {
+        let Some(mut child) = self.child.take() else {
+            return Err("the gateway was already stopped".into());
+        };
+        // SAFETY: signalling our own child, not yet reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + limit;
+        loop {
+            match child.try_wait() {
+                Ok(Some(status)) => return Ok(status),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Ok(None) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!(
+                        "the gateway did not stop within {} s of SIGTERM; killed it",
+                        limit.as_secs()
+                    ));
+                }
+                Err(e) => return Err(format!("cannot wait for the gateway: {e}")),
+            }
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 
 use std::{
     io::{Read as _, Write as _},
-    net::{SocketAddr, TcpStream},
+    net::{SocketAddr, TcpListener, TcpStream},
     path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
@@ -39,15 +39,38 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// A relay whose certs document holds its key as `kid` `relay-1`.
+    /// A relay whose certs document holds its key as `kid` `relay-1`,
+    /// served on loopback.
     pub fn start() -> Self {
-        let der = include_bytes!("../../gateway/testdata/rsa-test-key.der");
+        let jwk = Self::relay_jwk();
+        let server = HttpsServer::start(Self::certs_reply(&jwk));
+        Self::with_server(jwk, server)
+    }
+
+    /// [`Relay::start`] with the certs document served on `listener` (e.g.
+    /// one bound in the relay host's namespace) with a certificate from `ca`
+    /// for `names`.
+    pub fn serve(listener: TcpListener, ca: &TestCa, names: &[&str]) -> Result<Self, String> {
+        let jwk = Self::relay_jwk();
+        let server = HttpsServer::serve(listener, ca, names, Self::certs_reply(&jwk))?;
+        Ok(Self::with_server(jwk, server))
+    }
+
+    fn relay_jwk() -> Value {
         let n = include_str!("../../gateway/testdata/rsa-test-key.n").trim();
-        let jwk = json!({"kid": "relay-1", "kty": "RSA", "alg": "RS256", "use": "sig", "n": n, "e": "AQAB"});
-        let server = HttpsServer::start(Reply {
+        json!({"kid": "relay-1", "kty": "RSA", "alg": "RS256", "use": "sig", "n": n, "e": "AQAB"})
+    }
+
+    /// Cloudflare's certs document shape, holding `jwk`.
+    fn certs_reply(jwk: &Value) -> Reply {
+        Reply {
             status: 200,
-            body: json!({"keys": [jwk.clone()], "public_cert": {"kid": "relay-1", "cert": ""}, "public_certs": []}).to_string(),
-        });
+            body: json!({"keys": [jwk], "public_cert": {"kid": "relay-1", "cert": ""}, "public_certs": []}).to_string(),
+        }
+    }
+
+    fn with_server(jwk: Value, server: HttpsServer) -> Self {
+        let der = include_bytes!("../../gateway/testdata/rsa-test-key.der");
         Self {
             key: EncodingKey::from_rsa_der(der),
             jwk,
@@ -152,6 +175,9 @@ lifetime_secs = 600
 [tokens]
 store = "{store}"
 
+[admin]
+listen = "127.0.0.1:0"
+
 [audit]
 dir = "{audit_dir}"
 jsonl = "{audit}"
@@ -178,9 +204,37 @@ jsonl = "{audit}"
 
     /// Writes `config` and starts the gateway.
     pub fn start(&mut self, config: &str) {
+        self.start_with_env(config, &[]);
+    }
+
+    /// [`Harness::start`] with extra environment variables.
+    pub fn start_with_env(&mut self, config: &str, env: &[(&str, String)]) {
         let path = self.path("gateway.toml");
         std::fs::write(&path, config).expect("write config");
-        self.daemon = Some(Daemon::start_local(&path));
+        self.daemon = Some(Daemon::start_local_with_env(&path, env));
+    }
+
+    /// GETs `path` from the admin endpoint: status code, content type, body.
+    pub fn admin_get(&self, path: &str) -> (u16, String, String) {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "--max-time",
+                "5",
+                "-w",
+                "\n%{http_code} %{content_type}",
+            ])
+            .arg(format!("http://{}{path}", self.daemon().admin_addr()))
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, last) = text.rsplit_once('\n').expect("curl's status line");
+        let (code, content_type) = last.split_once(' ').unwrap_or((last, ""));
+        (
+            code.parse().unwrap_or(0),
+            content_type.to_owned(),
+            body.to_owned(),
+        )
     }
 
     /// Rewrites the config file (for SIGHUP tests).
@@ -188,7 +242,8 @@ jsonl = "{audit}"
         std::fs::write(self.path("gateway.toml"), config).expect("write config");
     }
 
-    fn daemon(&self) -> &Daemon {
+    /// The running gateway process.
+    pub fn daemon(&self) -> &Daemon {
         self.daemon.as_ref().expect("gateway not started")
     }
 

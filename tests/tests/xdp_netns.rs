@@ -22,6 +22,7 @@ use gateway_tests::{
     filter::{PinGuard, settings, unique_pin_dir},
     netns::{Netns, Topology, addr::*, ip},
 };
+use serde_json::json;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(800);
 
@@ -169,6 +170,50 @@ fn relay_reaches_protected_ports_and_outsiders_do_not() {
         text.contains("dropped_not_allowed") && text.contains(OUTSIDER4),
         "{text}"
     );
+
+    // The running daemon reports the filter: `gateway status` and metrics
+    // (its admin endpoint is on the origin's loopback).
+    let admin = daemon.admin_addr().to_string();
+    let out = gateway(&t.origin, &["status", "--json", "--admin", &admin]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let xdp = &status["xdp"];
+    assert_eq!(
+        xdp["interfaces"],
+        json!([{"name": "eth0", "attach": "native"}])
+    );
+    assert_eq!(xdp["mode"], "ports");
+    assert!(xdp["relay_prefixes"].as_u64().unwrap() >= 1, "{status}");
+    assert!(xdp["ranges_applied_at"].as_u64().is_some(), "{status}");
+    let dropped = xdp["counters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["reason"] == "dropped_not_allowed" && c["monitor"] == false)
+        .unwrap_or_else(|| panic!("no drops in {status}"));
+    assert!(dropped["packets"].as_u64().unwrap() > 0);
+    let out = t.origin.exec(
+        "curl",
+        &["-s", "--max-time", "5", &format!("http://{admin}/metrics")],
+    );
+    let metrics = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        metrics.contains("gateway_xdp_attached{interface=\"eth0\",attach=\"native\"} 1"),
+        "{metrics}"
+    );
+    let drops = metrics
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(
+                "gateway_xdp_packets_total{reason=\"dropped_not_allowed\",monitor=\"false\"} ",
+            )
+        })
+        .unwrap_or_else(|| panic!("{metrics}"));
+    assert!(drops.parse::<u64>().unwrap() > 0, "{metrics}");
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! unknown keys rejected), then validated into [`Config`] before any socket
 //! or kernel call. Every error names the offending key.
 //!
-//! This module holds the file and the XDP section; [`http`] holds the
+//! This module holds the file, the XDP and admin sections; [`http`] holds the
 //! identity gateway's sections (listeners, relay, sessions, tokens, apps
 //! and their policies), [`audit`] the audit log's.
 //!
@@ -20,10 +20,14 @@
 //!
 //! [[xdp.management]]
 //! cidrs = ["198.51.100.7/32"]
+//!
+//! [admin]                   # metrics, health, status; loopback only
+//! listen = "127.0.0.1:9180"
 //! ```
 
 use std::{
     collections::BTreeSet,
+    net::{IpAddr, Ipv4Addr, SocketAddr},
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -90,7 +94,42 @@ pub struct RawConfig {
     /// Applications.
     #[serde(default)]
     pub app: Vec<http::RawApp>,
+    /// The loopback admin endpoint.
+    pub admin: Option<RawAdmin>,
 }
+
+/// `[admin]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Loopback address of `/metrics`, `/healthz`, `/readyz`, `/status`.
+    #[serde(default = "default_admin_listen")]
+    pub listen: SocketAddr,
+    /// Serve the endpoint at all.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+            enabled: true,
+        }
+    }
+}
+
+fn default_admin_listen() -> SocketAddr {
+    DEFAULT_ADMIN_LISTEN
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// Where the admin endpoint listens unless `admin.listen` says otherwise
+/// (and where `gateway status` looks for it).
+pub const DEFAULT_ADMIN_LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 9180);
 
 /// `[xdp]` as written.
 #[derive(Debug, Deserialize)]
@@ -186,6 +225,8 @@ pub struct Config {
     pub http: Option<HttpConfig>,
     /// The audit log (always kept).
     pub audit: AuditConfig,
+    /// The admin endpoint's address; `None` when disabled.
+    pub admin: Option<SocketAddr>,
 }
 
 /// The validated `[xdp]` section.
@@ -309,7 +350,22 @@ impl RawConfig {
                 "nothing to run: configure [xdp], [http] or both",
             ));
         }
-        Ok(Config { xdp, http, audit })
+        let admin = self.admin.unwrap_or_default();
+        if admin.enabled && !admin.listen.ip().is_loopback() {
+            return Err(invalid(
+                "admin.listen",
+                format!(
+                    "{} is not a loopback address: the admin endpoint has no authentication",
+                    admin.listen
+                ),
+            ));
+        }
+        Ok(Config {
+            xdp,
+            http,
+            audit,
+            admin: admin.enabled.then_some(admin.listen),
+        })
     }
 }
 

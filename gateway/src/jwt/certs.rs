@@ -8,7 +8,10 @@
 
 use std::{
     path::PathBuf,
-    sync::{Arc, RwLock},
+    sync::{
+        Arc, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
     time::Duration,
 };
 
@@ -54,6 +57,9 @@ pub struct CertsCache {
     ca_file: Option<PathBuf>,
     cooldown: Duration,
     keys: RwLock<Option<Arc<KeySet>>>,
+    /// When the key set in use was fetched (Unix seconds; 0: never), for
+    /// status and metrics.
+    loaded_at: AtomicU64,
     /// Held while fetching; remembers when the last fetch started.
     last_fetch: Mutex<Option<Instant>>,
 }
@@ -67,6 +73,7 @@ impl CertsCache {
             ca_file,
             cooldown,
             keys: RwLock::new(None),
+            loaded_at: AtomicU64::new(0),
             last_fetch: Mutex::new(None),
         }
     }
@@ -74,6 +81,16 @@ impl CertsCache {
     /// The key set in use, if any.
     pub fn keys(&self) -> Option<Arc<KeySet>> {
         self.keys.read().expect("certs lock").clone()
+    }
+
+    /// The certs URL.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// When the key set in use was fetched (Unix seconds), if ever.
+    pub fn loaded_at(&self) -> Option<u64> {
+        Some(self.loaded_at.load(Ordering::Relaxed)).filter(|&t| t > 0)
     }
 
     /// Fetches the certs now (the periodic refresh). A failure keeps the
@@ -107,6 +124,7 @@ impl CertsCache {
             source,
         })?;
         *self.keys.write().expect("certs lock") = Some(Arc::new(keys));
+        self.loaded_at.store(crate::unix_now(), Ordering::Relaxed);
         Ok(())
     }
 

@@ -103,6 +103,12 @@ pub async fn handle(
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse().ok());
+    gateway.metrics.record(
+        event.app.as_deref().unwrap_or(""),
+        event.decision.map_or("-", Decision::as_str),
+        &event.reason,
+        started.elapsed().as_secs_f64(),
+    );
     debug!(
         request_id = %request_id,
         app = event.app.as_deref().unwrap_or("-"),

@@ -204,6 +204,8 @@ pub struct Gateway {
     pub audit: analytics::AuditSender,
     /// The pooled upstream client.
     pub client: forward::UpstreamClient,
+    /// Request counts and latencies.
+    pub metrics: crate::metrics::HttpMetrics,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -277,6 +279,7 @@ impl Server {
             sessions,
             audit,
             client,
+            metrics: Default::default(),
         });
         let mut tasks = tokio::task::JoinSet::new();
         if let Some(relay) = gateway.snapshot.load().relay.clone() {
@@ -299,6 +302,11 @@ impl Server {
     /// The addresses actually bound (useful with port 0).
     pub fn local_addrs(&self) -> Vec<std::net::SocketAddr> {
         self.listeners.local_addrs()
+    }
+
+    /// The shared state, for status and metrics.
+    pub fn gateway(&self) -> &Arc<Gateway> {
+        &self.gateway
     }
 
     /// Applies a reloaded configuration: apps, policies, relay settings and

@@ -12,7 +12,7 @@ use aya::maps::{Array, Map, MapData, PerCpuArray, RingBuf};
 use gateway_common::{
     Counter, DROP_REPORT_INTERVAL_NS, DropRecord, Reason, Settings, family, maps,
 };
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::Error;
 use crate::paths::PinLayout;
@@ -38,10 +38,10 @@ pub struct Snapshot {
 }
 
 /// One counter row.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReasonCount {
     /// Reason name (`allowed_relay`, `dropped_not_allowed`, ...).
-    pub reason: &'static str,
+    pub reason: String,
     /// Counted in monitor mode (the drop did not happen).
     pub monitor: bool,
     /// Packets.
@@ -133,7 +133,7 @@ pub fn read_counters(layout: &PinLayout) -> Result<Vec<ReasonCount>, Error> {
             .fold((0, 0), |(p, b), c| (p + c.packets, b + c.bytes));
         if packets > 0 {
             rows.push(ReasonCount {
-                reason: reason.name(),
+                reason: reason.name().to_owned(),
                 monitor,
                 packets,
                 bytes,
