@@ -274,7 +274,7 @@ impl Daemon {
 
     /// SIGTERM, then waits up to `limit` for the daemon to exit (it drains
     /// requests and flushes the audit log); past that it is killed and the
-    /// failure says so. Nothing happens if it was already stopped.
+    /// failure says so, as it does when the daemon was already stopped.
     pub fn stop_within(&mut self, limit: Duration) -> Result<std::process::ExitStatus, String> {
         let Some(mut child) = self.child.take() else {
             return Err("the gateway was already stopped".into());

@@ -1,6 +1,7 @@
-//! A small real HTTPS server on loopback for range-list sources: rustls with
-//! a certificate from a throwaway CA, serving whatever status and body the
-//! test sets, one request per connection.
+//! A small real HTTPS server for range-list sources and relay keys: rustls
+//! with a certificate from a throwaway CA, serving whatever status and body
+//! the test sets, one request per connection. On loopback by default, or on
+//! any listener (e.g. one bound inside a test host's namespace).
 
 use std::{
     io::{Read as _, Write as _},
@@ -39,21 +40,37 @@ pub struct HttpsServer {
 
 impl HttpsServer {
     /// Starts serving `reply` on 127.0.0.1 with a certificate for
-    /// `localhost` and 127.0.0.1.
+    /// `localhost` and 127.0.0.1 from a CA of its own.
     pub fn start(reply: Reply) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let ca = crate::pki::TestCa::new();
-        let issued = ca.issue(&["localhost", "127.0.0.1"]);
+        Self::serve(listener, &ca, &["localhost", "127.0.0.1"], reply)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Serves `reply` on `listener` with a certificate from `ca` for
+    /// `names` (DNS names or IP literals).
+    pub fn serve(
+        listener: TcpListener,
+        ca: &crate::pki::TestCa,
+        names: &[&str],
+        reply: Reply,
+    ) -> Result<Self, String> {
+        let issued = ca.issue(names);
         let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
         let config = ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .expect("protocols")
-            .with_no_client_auth()
-            .with_single_cert(vec![issued.cert_der], issued.key_der)
-            .expect("server config");
+            .and_then(|builder| {
+                builder
+                    .with_no_client_auth()
+                    .with_single_cert(vec![issued.cert_der], issued.key_der)
+            })
+            .map_err(|e| format!("HTTPS server configuration: {e}"))?;
         let config = Arc::new(config);
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().expect("addr");
+        let addr = listener
+            .set_nonblocking(true)
+            .and_then(|()| listener.local_addr())
+            .map_err(|e| format!("HTTPS server listener: {e}"))?;
         let reply = Arc::new(Mutex::new(reply));
         let requests = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
@@ -95,14 +112,14 @@ impl HttpsServer {
                 }
             })
         };
-        Self {
+        Ok(Self {
             addr,
             ca_pem: ca.pem(),
             reply,
             requests,
             stop,
             thread: Some(thread),
-        }
+        })
     }
 
     /// Changes what the next requests get.
@@ -118,9 +135,10 @@ impl HttpsServer {
         self.requests.load(Ordering::Relaxed)
     }
 
-    /// `https://127.0.0.1:PORT/path`.
+    /// `https://ADDRESS:PORT/path` (`https://127.0.0.1:PORT/path` for
+    /// [`HttpsServer::start`]).
     pub fn url(&self, path: &str) -> String {
-        format!("https://127.0.0.1:{}{path}", self.addr.port())
+        format!("https://{}{path}", self.addr)
     }
 
     /// Writes the CA certificate to `path` (for `ca_file`).

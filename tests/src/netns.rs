@@ -25,11 +25,18 @@ pub struct Netns {
 impl Netns {
     /// Creates `name` (which must be unique) with `lo` up.
     pub fn new(name: &str) -> Self {
+        Self::try_new(name).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Netns::new`], returning a failure (e.g. `ip` missing, no
+    /// privileges) instead of panicking. A namespace of the same name left
+    /// by an earlier run is replaced.
+    pub fn try_new(name: &str) -> Result<Self, String> {
         let _ = Command::new("ip").args(["netns", "del", name]).output();
-        run(&["ip", "netns", "add", name]);
+        try_run(&["ip", "netns", "add", name])?;
         let ns = Self { name: name.into() };
-        ns.ip(&["link", "set", "lo", "up"]);
-        ns
+        ns.try_ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
     }
 
     /// The namespace's name.
@@ -39,9 +46,15 @@ impl Netns {
 
     /// Runs `ip ARGS` inside the namespace, panicking on failure.
     pub fn ip(&self, args: &[&str]) {
+        self.try_ip(args).unwrap_or_else(|e| panic!("{e}"));
+    }
+
+    /// Runs `ip ARGS` inside the namespace; the failure names the command
+    /// and carries its stderr.
+    pub fn try_ip(&self, args: &[&str]) -> Result<(), String> {
         let mut full = vec!["ip", "-n", &self.name];
         full.extend_from_slice(args);
-        run(&full);
+        try_run(&full)
     }
 
     /// Runs a command inside the namespace and returns its output.
@@ -63,26 +76,46 @@ impl Netns {
     /// Runs `f` on a thread that has entered this namespace. Sockets created
     /// inside stay in the namespace after `f` returns.
     pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/var/run/netns/{}", self.name);
+        self.try_enter(f).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Netns::enter`], returning a failure to enter the namespace instead
+    /// of panicking (a panic inside `f` still panics).
+    pub fn try_enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> Result<T, String> {
+        let name = &self.name;
         std::thread::scope(|scope| {
             scope
-                .spawn(|| {
-                    let file = std::fs::File::open(&path)
-                        .unwrap_or_else(|e| panic!("cannot open {path}: {e}"));
-                    // SAFETY: setns on this thread only, with a valid fd.
-                    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                    assert_eq!(
-                        rc,
-                        0,
-                        "setns into {path}: {}",
-                        std::io::Error::last_os_error()
-                    );
-                    f()
-                })
+                .spawn(|| enter_netns(name).map(|()| f()))
                 .join()
                 .expect("thread inside the namespace panicked")
         })
     }
+
+    /// Starts a thread that enters this namespace, then runs `f` (e.g. a
+    /// server that opens connections from inside). The thread's result is
+    /// `Err` if it could not enter.
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<Result<T, String>> {
+        let name = self.name.clone();
+        std::thread::spawn(move || enter_netns(&name).map(|()| f()))
+    }
+}
+
+/// Moves the calling thread into network namespace `name`.
+fn enter_netns(name: &str) -> Result<(), String> {
+    let path = format!("/var/run/netns/{name}");
+    let file = std::fs::File::open(&path).map_err(|e| format!("cannot open {path}: {e}"))?;
+    // SAFETY: setns on this thread only, with a valid fd.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    if rc != 0 {
+        return Err(format!(
+            "setns into {path}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
 }
 
 impl Drop for Netns {
@@ -93,16 +126,37 @@ impl Drop for Netns {
     }
 }
 
-fn run(args: &[&str]) {
+fn try_run(args: &[&str]) -> Result<(), String> {
     let out = Command::new(args[0])
         .args(&args[1..])
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {args:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .map_err(|e| format!("cannot run {args:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(())
+}
+
+/// Connects `host` to `bridge` in `switch` with a veth pair: `port` on the
+/// bridge (up), `eth0` in `host` (down, no address yet).
+pub fn try_wire(switch: &Netns, bridge: &str, port: &str, host: &Netns) -> Result<(), String> {
+    switch.try_ip(&[
+        "link",
+        "add",
+        port,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "eth0",
+        "netns",
+        host.name(),
+    ])?;
+    switch.try_ip(&["link", "set", port, "master", bridge])?;
+    switch.try_ip(&["link", "set", port, "up"])
 }
 
 /// The three hosts of the diagram above, plus the switch.
@@ -149,21 +203,7 @@ impl Topology {
         switch.ip(&["link", "set", "br0", "up"]);
         let host = |role: &str, last: u8| {
             let ns = Netns::new(&format!("gw-{role}-{id}"));
-            let port = format!("p-{role}");
-            switch.ip(&[
-                "link",
-                "add",
-                &port,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                ns.name(),
-            ]);
-            switch.ip(&["link", "set", &port, "master", "br0"]);
-            switch.ip(&["link", "set", &port, "up"]);
+            try_wire(&switch, "br0", &format!("p-{role}"), &ns).unwrap_or_else(|e| panic!("{e}"));
             ns.ip(&["addr", "add", &format!("192.0.2.{last}/24"), "dev", "eth0"]);
             ns.ip(&[
                 "addr",

@@ -1,6 +1,7 @@
 //! The application behind the gateway: a real HTTP/1.1 server (hyper) on
-//! loopback that records exactly what it received, so tests can assert what
-//! passed through and that refused requests never arrived.
+//! loopback (the test's own, or a test host's) that records exactly what it
+//! received, so tests can assert what passed through and that refused
+//! requests never arrived.
 //!
 //! Paths: any with `/ws` switches to an echo tunnel when asked to upgrade to
 //! WebSocket; others (e.g. `/fake-upgrade`) answer 200 even to an upgrade
@@ -125,8 +126,13 @@ impl Upstream {
     /// Starts on 127.0.0.1, a free port.
     pub fn start() -> Self {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind upstream");
-        listener.set_nonblocking(true).expect("nonblocking");
-        let addr = listener.local_addr().expect("addr");
+        Self::serve(listener).expect("start the upstream")
+    }
+
+    /// Serves on `listener` (e.g. one bound inside a test host's namespace).
+    pub fn serve(listener: std::net::TcpListener) -> std::io::Result<Self> {
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
         let recorded = Arc::new(Mutex::new(Vec::new()));
         let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = {
@@ -158,12 +164,12 @@ impl Upstream {
                 });
             })
         };
-        Self {
+        Ok(Self {
             addr,
             recorded,
             stop: Some(stop),
             thread: Some(thread),
-        }
+        })
     }
 
     /// `http://127.0.0.1:PORT`.
