@@ -16,12 +16,15 @@
 //! - [`report`]: benchmark results as rows, JSON and a table.
 //! - [`audit`]: synthetic audit logs, the `analytics` command, DuckDB.
 //! - [`s3`]: an S3-compatible server (s3s-fs) on loopback.
+//! - [`demo`]: `cargo xtask demo`, the whole gateway in network namespaces
+//!   with real traffic, its outcomes checked (the `demo` binary).
 //!
 //! Privileged tests call [`require_root`] first: without root they fail with
 //! a message saying so, they never skip.
 
 pub mod audit;
 pub mod daemon;
+pub mod demo;
 pub mod filter;
 pub mod gateway;
 pub mod https;
