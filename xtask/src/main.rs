@@ -5,12 +5,18 @@
 //! - `test`: `setup`, then every test in the workspace, privileged ones
 //!   included (needs root).
 //! - `bench NAME`: run a benchmark and write `bench-results/NAME.json`.
+//! - `demo [--dir DIR]`: `setup`, then the gateway at work in network
+//!   namespaces with real traffic, each outcome checked, and an SQL report
+//!   of the audit log (needs root; see `gateway_tests::demo`).
 #![forbid(unsafe_code)]
 
 mod bench;
 mod setup;
 mod util;
 
+use std::{os::unix::process::CommandExt as _, path::Path};
+
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -34,6 +40,13 @@ enum Command {
     Bench {
         /// Which benchmark.
         name: String,
+    },
+    /// Show the gateway at work: test hosts in network namespaces, real
+    /// traffic, each outcome checked, an SQL report (needs root).
+    Demo {
+        /// The demo's own arguments: `--dir DIR` (`--help` for its help).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
 }
 
@@ -62,5 +75,33 @@ fn main() -> anyhow::Result<()> {
             setup::run()?;
             bench::run(&name)
         }
+        Command::Demo { args } => demo(&args),
     }
+}
+
+/// `cargo xtask demo`: root first (so a user without it is told before
+/// anything is installed), `setup`, a dev build of the demo and the two
+/// commands it runs, then the demo in place of this process, so Ctrl-C
+/// reaches it directly and its exit status is ours.
+fn demo(args: &[String]) -> anyhow::Result<()> {
+    util::require_root("the demo loads an XDP program and creates network namespaces")?;
+    setup::run()?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace");
+    let bins = ["demo", "gateway-under-test", "analytics-under-test"];
+    let mut build = util::cargo();
+    build
+        .current_dir(root)
+        .args(["build", "--locked", "-p", "gateway-tests"]);
+    for bin in bins {
+        build.args(["--bin", bin]);
+    }
+    util::exec(&mut build)?;
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root.join("target"), |dir| root.join(dir));
+    let error = std::process::Command::new(target.join("debug").join(bins[0]))
+        .args(args)
+        .exec();
+    Err(error).context("cannot start the demo")
 }
