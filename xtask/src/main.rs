@@ -44,7 +44,7 @@ enum Command {
     /// Show the gateway at work: test hosts in network namespaces, real
     /// traffic, each outcome checked, an SQL report (needs root).
     Demo {
-        /// The demo's own arguments: `--dir DIR` (`--help` for its help).
+        /// The demo's own arguments: `--dir DIR`; `-- --help` for its help.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
