@@ -169,7 +169,8 @@ fn runtime(e: &(dyn std::error::Error + 'static)) -> Failure {
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
         Command::CheckConfig { file } => {
-            Config::load(&file).map_err(|e| usage(&e))?;
+            let config = Config::load(&file).map_err(|e| usage(&e))?;
+            crate::preflight::check(&config).map_err(|e| usage(&e))?;
             println!("{}: ok", file.display());
             Ok(())
         }

@@ -10,6 +10,7 @@
 //! - [`fetch`]: bounded HTTPS GETs over rustls.
 //! - [`jwt`]: relay-signed tokens: key sets from certs documents, validation.
 //! - [`policy`]: access policies, a pure model with table-driven tests.
+//! - [`preflight`]: `check-config`'s checks of the files a config names.
 //! - [`tokens`]: the service-token store (hashes only, constant-time checks).
 //! - [`sessions`]: the gateway's own signed session tokens and their keys.
 //! - [`proxy`]: the identity gateway: listeners, request phases, upstream.
@@ -29,6 +30,7 @@ pub mod jwt;
 pub mod metrics;
 pub mod paths;
 pub mod policy;
+pub mod preflight;
 pub mod proxy;
 pub mod sessions;
 pub mod status;

@@ -2,7 +2,7 @@
 //! commands it starts) and runs it as root; it writes
 //! `bench-results/NAME.json` and prints its rows.
 
-use std::{path::Path, process::Command};
+use std::process::Command;
 
 use anyhow::bail;
 
@@ -34,9 +34,7 @@ pub fn run(name: &str) -> anyhow::Result<()> {
     if name == "gateway" {
         crate::setup::debian_packages(GATEWAY_PACKAGES)?;
     }
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace");
+    let root = crate::util::workspace_root();
     let mut build = cargo();
     build
         .current_dir(root)

@@ -8,9 +8,11 @@
 //! - `demo [--dir DIR]`: `setup`, then the gateway at work in network
 //!   namespaces with real traffic, each outcome checked, and an SQL report
 //!   of the audit log (needs root; see `gateway_tests::demo`).
+//! - `package`: Debian packages (cargo-deb) into `target/debian/`.
 #![forbid(unsafe_code)]
 
 mod bench;
+mod package;
 mod setup;
 mod util;
 
@@ -48,6 +50,12 @@ enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build the Debian packages into target/debian/.
+    Package {
+        /// Only the daemon's package (skips the query tool's long build).
+        #[arg(long)]
+        daemon_only: bool,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -76,6 +84,10 @@ fn main() -> anyhow::Result<()> {
             bench::run(&name)
         }
         Command::Demo { args } => demo(&args),
+        Command::Package { daemon_only } => {
+            setup::run()?;
+            package::run(util::workspace_root(), daemon_only)
+        }
     }
 }
 

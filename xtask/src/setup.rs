@@ -8,8 +8,8 @@
 //! 4. the Python packages (PyPI) the interoperability tests read our
 //!    Parquet files with: DuckDB (and pytz, which it needs for time zones)
 //!    and pyarrow;
-//! 5. `s3s-fs` (crates.io), the S3-compatible server the upload tests run
-//!    on loopback.
+//! 5. tools from crates.io: `s3s-fs`, the S3-compatible server the upload
+//!    tests run on loopback, and `cargo-deb`, which builds the packages.
 //!
 //! Each step checks first and does nothing when already done.
 
@@ -33,6 +33,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "inspecting loaded programs"),
     ("iputils-ping", "reachability checks in namespace tests"),
     ("ethtool", "GRO on the benchmark's veth pair"),
+    ("curl", "scraping the admin endpoint in the tests"),
+    ("systemd", "systemd-analyze verify of the packaged unit"),
 ];
 
 /// PyPI packages (pinned), with what needs them.
@@ -54,38 +56,58 @@ const PYTHON_PACKAGES: &[(&str, &str, &str)] = &[
     ),
 ];
 
-/// The S3-compatible server of the upload tests: the newest release that
-/// builds on the stable toolchain this workspace pins.
-const S3S_FS_VERSION: &str = "0.14.1";
+/// Tools built from crates.io: (crate, version, features, what needs it).
+/// Versions are the newest that build on the stable toolchain this
+/// workspace pins.
+const CARGO_TOOLS: &[(&str, &str, &str, &str)] = &[
+    (
+        "s3s-fs",
+        "0.14.1",
+        "binary",
+        "the S3-compatible server of the audit upload tests",
+    ),
+    (
+        "cargo-deb",
+        "3.8.0",
+        "",
+        "`cargo xtask package` and the package test",
+    ),
+];
 
 pub fn run() -> anyhow::Result<()> {
     nightly_rust_src()?;
     bpf_linker()?;
     debian_packages(PACKAGES)?;
     python_packages(PYTHON_PACKAGES)?;
-    s3s_fs()?;
+    for &(name, version, features, why) in CARGO_TOOLS {
+        cargo_tool(name, version, features, why)?;
+    }
     Ok(())
 }
 
-fn s3s_fs() -> anyhow::Result<()> {
-    let installed = output(Command::new("s3s-fs").arg("--version"))
-        .is_ok_and(|v| v.trim() == format!("s3s-fs {S3S_FS_VERSION}"));
+/// `cargo install`s `name` at `version` unless it is there (both tools
+/// print `<name> <version>` for `--version`).
+fn cargo_tool(name: &str, version: &str, features: &str, why: &str) -> anyhow::Result<()> {
+    let mut check = match name.strip_prefix("cargo-") {
+        Some(subcommand) => {
+            let mut cargo = Command::new("cargo");
+            cargo.arg(subcommand);
+            cargo
+        }
+        None => Command::new(name),
+    };
+    let installed =
+        output(check.arg("--version")).is_ok_and(|v| v.trim() == format!("{name} {version}"));
     if installed {
         return Ok(());
     }
-    eprintln!(
-        "setup: building s3s-fs {S3S_FS_VERSION} (the upload tests' S3 server; about two minutes, once)"
-    );
-    exec(Command::new("cargo").args([
-        "install",
-        "--locked",
-        "--version",
-        S3S_FS_VERSION,
-        "--features",
-        "binary",
-        "s3s-fs",
-    ]))
-    .context("s3s-fs could not be built; the audit upload tests need it")
+    eprintln!("setup: building {name} {version} ({why}; a few minutes, once)");
+    let mut install = Command::new("cargo");
+    install.args(["install", "--locked", "--version", version]);
+    if !features.is_empty() {
+        install.args(["--features", features]);
+    }
+    exec(install.arg(name)).with_context(|| format!("{name} could not be built; {why} needs it"))
 }
 
 /// Installs whichever of `packages` (name, version, what needs it) the

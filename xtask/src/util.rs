@@ -48,3 +48,10 @@ pub fn require_root(why: &str) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The workspace's root directory (xtask lives in it).
+pub fn workspace_root() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+}
