@@ -16,7 +16,7 @@ mod package;
 mod setup;
 mod util;
 
-use std::{os::unix::process::CommandExt as _, path::Path};
+use std::os::unix::process::CommandExt as _;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
@@ -98,9 +98,7 @@ fn main() -> anyhow::Result<()> {
 fn demo(args: &[String]) -> anyhow::Result<()> {
     util::require_root("the demo loads an XDP program and creates network namespaces")?;
     setup::run()?;
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask lives in the workspace");
+    let root = util::workspace_root();
     let bins = ["demo", "gateway-under-test", "analytics-under-test"];
     let mut build = util::cargo();
     build
