@@ -25,6 +25,17 @@ fn app(h: &Harness) -> String {
     )
 }
 
+/// GET https://app.test/ with `headers`, expecting `status`.
+async fn get(client: &reqwest::Client, headers: &[(&str, &str)], status: u16) -> reqwest::Response {
+    let mut request = client.get("https://app.test/");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await.expect("request");
+    assert_eq!(response.status(), status);
+    response
+}
+
 /// The value of the sample `line_start` (metric name and labels) in an
 /// exposition, if present.
 fn sample(metrics: &str, line_start: &str) -> Option<f64> {
@@ -43,24 +54,14 @@ async fn metrics_status_and_health_describe_the_running_gateway() {
     let client = h.client(false);
     let alice = h.relay.user_token("alice@corp.example");
     for _ in 0..3 {
-        let r = client
-            .get("https://app.test/")
-            .header("cf-access-jwt-assertion", &alice)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        get(&client, &[("cf-access-jwt-assertion", &alice)], 200).await;
     }
-    let r = client.get("https://app.test/").send().await.unwrap();
-    assert_eq!(r.status(), 401);
-    let r = client
-        .get("https://app.test/")
-        .header("cf-access-client-id", &client_id)
-        .header("cf-access-client-secret", &secret)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    get(&client, &[], 401).await;
+    let bot = [
+        ("cf-access-client-id", client_id.as_str()),
+        ("cf-access-client-secret", secret.as_str()),
+    ];
+    get(&client, &bot, 200).await;
 
     // Health and readiness.
     assert_eq!(h.admin_get("/healthz").0, 200);
@@ -198,21 +199,12 @@ async fn json_logs_carry_no_secrets_even_at_debug_level() {
     );
     let client = h.client(false);
     let alice = h.relay.user_token("alice@corp.example");
-    let r = client
-        .get("https://app.test/")
-        .header("cf-access-jwt-assertion", &alice)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    let r = client
-        .get("https://app.test/")
-        .header("cf-access-client-id", &client_id)
-        .header("cf-access-client-secret", &secret)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    get(&client, &[("cf-access-jwt-assertion", &alice)], 200).await;
+    let bot = [
+        ("cf-access-client-id", client_id.as_str()),
+        ("cf-access-client-secret", secret.as_str()),
+    ];
+    let r = get(&client, &bot, 200).await;
     let cookie = r
         .headers()
         .get("set-cookie")
