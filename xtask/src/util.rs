@@ -35,9 +35,29 @@ pub fn succeeds(cmd: &mut Command) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-/// The cargo that runs us (rustup's proxy when run through it).
+/// The cargo that runs us (rustup's proxy when run through it), without
+/// the package variables `cargo run` gave us (`CARGO_PKG_NAME=xtask`, ...):
+/// build scripts that watch them (ring's) would rerun whenever `cargo xtask
+/// ...` and plain cargo commands take turns.
 pub fn cargo() -> Command {
-    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+    let mut cargo = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    for (name, _) in std::env::vars_os() {
+        let package_variable = name.to_str().is_some_and(|n| {
+            [
+                "CARGO_PKG_",
+                "CARGO_MANIFEST_",
+                "CARGO_CRATE_",
+                "CARGO_BIN_",
+                "CARGO_PRIMARY_",
+            ]
+            .iter()
+            .any(|prefix| n.starts_with(prefix))
+        });
+        if package_variable {
+            cargo.env_remove(name);
+        }
+    }
+    cargo
 }
 
 /// Fails with `why` unless running as root.
