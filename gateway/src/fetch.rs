@@ -32,17 +32,23 @@ pub async fn fetch(url: &str, ca_file: Option<&Path>) -> Result<String, String> 
     String::from_utf8(body).map_err(|_| "body is not UTF-8".into())
 }
 
+/// The certificates of a PEM CA file: at least one, or an error naming
+/// the file (also `check-config`'s check of `ca_file` keys).
+pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("no certificate in CA file {}", path.display()));
+    }
+    Ok(certs)
+}
+
 fn client(ca_file: Option<&Path>) -> Result<reqwest::Client, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {
-        let certs = CertificateDer::pem_file_iter(path)
-            .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
-        if certs.is_empty() {
-            return Err(format!("no certificate in CA file {}", path.display()));
-        }
-        for cert in certs {
+        for cert in read_ca_file(path)? {
             roots
                 .add(cert)
                 .map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;

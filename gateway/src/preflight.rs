@@ -4,12 +4,9 @@
 //! range lists, the token store). Nothing is written, bound, fetched or
 //! attached. Errors name the key, like the parser's.
 
-use std::path::Path;
-
-use rustls::pki_types::{CertificateDer, pem::PemObject as _};
-
 use crate::{
     config::{Config, ConfigError, Source},
+    fetch::read_ca_file,
     proxy::tls::ReloadingCert,
     tokens::TokenStore,
     xdp::sources::parse_list,
@@ -39,8 +36,7 @@ pub fn check(config: &Config) -> Result<(), ConfigError> {
                     }
                     Source::Url { ca_file, .. } => {
                         if let Some(path) = ca_file {
-                            check_ca_file(path)
-                                .map_err(|m| invalid(format!("{key}.ca_file"), m))?;
+                            read_ca_file(path).map_err(|m| invalid(format!("{key}.ca_file"), m))?;
                         }
                     }
                 }
@@ -53,21 +49,10 @@ pub fn check(config: &Config) -> Result<(), ConfigError> {
                 .map_err(|e| invalid(format!("http.https[{i}].cert"), crate::error_chain(&e)))?;
         }
         if let Some(path) = http.relay.as_ref().and_then(|r| r.ca_file.as_ref()) {
-            check_ca_file(path).map_err(|m| invalid("relay.ca_file".into(), m))?;
+            read_ca_file(path).map_err(|m| invalid("relay.ca_file".into(), m))?;
         }
         TokenStore::open(&http.token_store)
             .map_err(|e| invalid("tokens.store".into(), crate::error_chain(&e)))?;
-    }
-    Ok(())
-}
-
-/// A PEM file with at least one certificate.
-fn check_ca_file(path: &Path) -> Result<(), String> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("no certificate in CA file {}", path.display()));
     }
     Ok(())
 }
