@@ -489,6 +489,20 @@ pub fn start_filter(
 ) -> Result<(Filter, XdpStatus), xdp::Error> {
     let layout = PinLayout::new(&config.pin_dir);
     let mut filter = Filter::load(&layout)?;
+    let status = enforce(&mut filter, config, sources, listen_ports)?;
+    xdp::remove_stale_maps(&layout)?;
+    Ok((filter, status))
+}
+
+/// Writes the settings and the range set of `config` into a loaded filter,
+/// then attaches it to every configured interface (at start-up and on
+/// reload). Returns what it now enforces.
+fn enforce(
+    filter: &mut Filter,
+    config: &XdpConfig,
+    sources: &RangeSources,
+    listen_ports: &[u16],
+) -> Result<XdpStatus, xdp::Error> {
     filter.configure(&FilterSettings::from_config(
         config,
         listen_ports.iter().copied(),
@@ -498,25 +512,14 @@ pub fn start_filter(
     let mut status = XdpStatus::new(config);
     status.record_applied(&applied);
     status.ranges_checked_at = Some(crate::unix_now());
-    status.interfaces = attach_all(&mut filter, config)?;
-    xdp::remove_stale_maps(&layout)?;
-    Ok((filter, status))
-}
-
-/// Attaches to every configured interface.
-fn attach_all(
-    filter: &mut Filter,
-    config: &XdpConfig,
-) -> Result<Vec<AttachedInterface>, xdp::Error> {
-    config
-        .interfaces
-        .iter()
-        .map(|interface| {
-            let attached = filter.attach(interface, config.attach)?;
-            info!(interface, ?attached, mode = ?config.mode, monitor = config.monitor, "XDP filter attached");
-            Ok(AttachedInterface::new(interface, attached))
-        })
-        .collect()
+    for interface in &config.interfaces {
+        let attached = filter.attach(interface, config.attach)?;
+        info!(interface, ?attached, mode = ?config.mode, monitor = config.monitor, "XDP filter attached");
+        status
+            .interfaces
+            .push(AttachedInterface::new(interface, attached));
+    }
+    Ok(status)
 }
 
 async fn reload(
@@ -555,16 +558,7 @@ async fn reload(
         }
         let sources = RangeSources::load(&next.relay, &next.management, next.allow_any).await?;
         xdp.listen_ports = listen_ports(&config);
-        xdp.filter.configure(&FilterSettings::from_config(
-            &next,
-            xdp.listen_ports.iter().copied(),
-        ))?;
-        let applied = xdp.filter.apply_ranges(&sources.set())?;
-        let interfaces = attach_all(&mut xdp.filter, &next)?;
-        let mut status = XdpStatus::new(&next);
-        status.record_applied(&applied);
-        status.ranges_checked_at = Some(crate::unix_now());
-        status.interfaces = interfaces;
+        let status = enforce(&mut xdp.filter, &next, &sources, &xdp.listen_ports)?;
         *xdp.status.lock().unwrap_or_else(|e| e.into_inner()) = status;
         xdp.config = next;
         xdp.sources = sources;
