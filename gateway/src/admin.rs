@@ -152,7 +152,7 @@ fn respond(
     match request.uri().path() {
         "/metrics" => reply(StatusCode::OK, metrics::CONTENT_TYPE, metrics.encode()),
         "/healthz" => reply(StatusCode::OK, text, "ok\n".into()),
-        "/readyz" => match sources.snapshot().not_ready {
+        "/readyz" => match sources.not_ready() {
             None => reply(StatusCode::OK, text, "ready\n".into()),
             Some(why) => reply(
                 StatusCode::SERVICE_UNAVAILABLE,

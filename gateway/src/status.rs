@@ -35,9 +35,10 @@ pub struct Status {
     pub pid: u32,
     /// When it started.
     pub started_at: u64,
-    /// Whether it has finished starting and is not stopping.
+    /// Whether `/readyz` answers 200: started, not stopping, and the audit
+    /// log can be written.
     pub ready: bool,
-    /// Why `/readyz` answers 503, if it does.
+    /// Why it does not, if it does not.
     pub not_ready: Option<String>,
     /// The XDP lock-down, if configured.
     pub xdp: Option<XdpStatus>,
@@ -244,6 +245,20 @@ impl StatusSources {
         self.ready.store(ready, Ordering::Release);
     }
 
+    /// Why the daemon is not ready, if it is not (`/readyz` asks only
+    /// this, without reading the rest of the status).
+    pub fn not_ready(&self) -> Option<String> {
+        let audit_error = self.store.as_deref().and_then(StoreStatus::error);
+        self.not_ready_because(audit_error.as_deref())
+    }
+
+    fn not_ready_because(&self, audit_error: Option<&str>) -> Option<String> {
+        if !self.ready.load(Ordering::Acquire) {
+            return Some("starting or stopping".to_owned());
+        }
+        audit_error.map(|e| format!("the audit log cannot be written: {e}"))
+    }
+
     /// Reads everything now. XDP counters come from the pinned maps; a
     /// failure to read them leaves them out.
     pub fn snapshot(&self) -> Status {
@@ -290,20 +305,12 @@ impl StatusSources {
                 error: u.error(),
             }),
         };
-        let ready = self.ready.load(Ordering::Acquire);
-        let not_ready = if !ready {
-            Some("starting or stopping".to_owned())
-        } else {
-            audit
-                .error
-                .as_ref()
-                .map(|e| format!("the audit log cannot be written: {e}"))
-        };
+        let not_ready = self.not_ready_because(audit.error.as_deref());
         Status {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             pid: std::process::id(),
             started_at: self.started_at,
-            ready,
+            ready: not_ready.is_none(),
             not_ready,
             xdp,
             http,
@@ -451,6 +458,7 @@ mod tests {
         let sources = StatusSources::new("/audit".into(), sender.monitor(), Some(store.clone()));
         let starting = sources.snapshot();
         assert!(!starting.ready);
+        assert_eq!(sources.not_ready(), starting.not_ready);
         assert!(
             starting
                 .render()
@@ -459,6 +467,8 @@ mod tests {
         sources.set_ready(true);
         let running = sources.snapshot();
         assert_eq!(running.not_ready, None);
+        assert!(running.ready);
+        assert_eq!(sources.not_ready(), None);
         assert!(running.render().contains(", ready\n"));
         assert!(running.render().contains("xdp:    not configured"));
         assert_eq!(running.audit.last_sync_at, None);
