@@ -213,14 +213,38 @@ impl Daemon {
     /// (HTTPS listeners first, then plain ones).
     pub fn listening(&self) -> Vec<std::net::SocketAddr> {
         self.logged_addresses()
+            .into_iter()
             .filter(|(line, _)| line.contains("listening") && !line.contains("admin endpoint"))
             .map(|(_, address)| address)
             .collect()
     }
 
+    /// What `gateway status` prints about this daemon, run from the
+    /// test's network namespace (`--json` with `json`); panics, with the
+    /// command's stderr, if it fails.
+    pub fn status(&self, json: bool) -> String {
+        let mut command = Command::new(gateway_bin());
+        command.arg("status");
+        if json {
+            command.arg("--json");
+        }
+        let out = command
+            .arg("--admin")
+            .arg(self.admin_addr().to_string())
+            .output()
+            .expect("cannot run gateway status");
+        assert!(
+            out.status.success(),
+            "gateway status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// The admin endpoint's address, as the daemon logged it.
     pub fn admin_addr(&self) -> std::net::SocketAddr {
         self.logged_addresses()
+            .into_iter()
             .find(|(line, _)| line.contains("admin endpoint"))
             .map(|(_, address)| address)
             .unwrap_or_else(|| panic!("no admin endpoint logged:\n{}", self.log_text()))
@@ -228,7 +252,7 @@ impl Daemon {
 
     /// (line, address) for every log line with an `address` field, in text
     /// (`address=...`) or JSON (`"address":"..."`) logs.
-    fn logged_addresses(&self) -> impl Iterator<Item = (String, std::net::SocketAddr)> {
+    fn logged_addresses(&self) -> Vec<(String, std::net::SocketAddr)> {
         self.log_text()
             .lines()
             .filter_map(|line| {
@@ -240,8 +264,7 @@ impl Daemon {
                 let address = rest[..end].parse().ok()?;
                 Some((line.to_owned(), address))
             })
-            .collect::<Vec<_>>()
-            .into_iter()
+            .collect()
     }
 
     /// The log so far.

@@ -1272,8 +1272,7 @@ fn report(audit: &Path) -> Result<()> {
     let _ = std::io::stdout().write_all(&out.stdout);
     say!();
     say!("Parquet files:");
-    let mut files = parquet_files(audit);
-    files.sort();
+    let files = analytics::files::list(audit);
     for file in &files {
         say!("  {}", file.display());
     }
@@ -1294,23 +1293,4 @@ fn report(audit: &Path) -> Result<()> {
         audit.display()
     );
     Ok(())
-}
-
-/// The `.parquet` files under `dir`, skipping hidden directories (the
-/// write-ahead segments).
-fn parquet_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return files;
-    };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let hidden = entry.file_name().to_string_lossy().starts_with('.');
-        if path.is_dir() && !hidden {
-            files.extend(parquet_files(&path));
-        } else if path.extension().is_some_and(|e| e == "parquet") && !hidden {
-            files.push(path);
-        }
-    }
-    files
 }

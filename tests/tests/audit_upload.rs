@@ -316,17 +316,7 @@ interval_secs = 1
         std::thread::sleep(Duration::from_millis(250));
     }
     // `gateway status` reports the upload (from the daemon's admin endpoint).
-    let out = Command::new(gateway_tests::daemon::gateway_bin())
-        .args(["status", "--json", "--admin"])
-        .arg(daemon.admin_addr().to_string())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let reported: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let reported: Value = serde_json::from_str(&daemon.status(true)).unwrap();
     let upload = &reported["audit"]["upload"];
     assert!(upload["uploaded"].as_u64().unwrap() >= 1, "{reported}");
     assert!(upload["last_upload_at"].as_u64().is_some(), "{reported}");

@@ -132,27 +132,13 @@ async fn metrics_status_and_health_describe_the_running_gateway() {
     }
 
     // `gateway status`, as an operator runs it, and its JSON.
-    let admin = h.daemon().admin_addr().to_string();
-    let out = Command::new(gateway_bin())
-        .args(["status", "--admin", &admin])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = h.daemon().status(false);
     assert!(text.contains(", ready"), "{text}");
     assert!(text.contains("1 apps; 1 service tokens"), "{text}");
     assert!(text.contains("relay keys: 1 from https://"), "{text}");
     assert!(text.contains("xdp:    not configured"), "{text}");
     assert!(text.contains("0 lost"), "{text}");
-    let out = Command::new(gateway_bin())
-        .args(["status", "--json", "--admin", &admin])
-        .output()
-        .unwrap();
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let status: serde_json::Value = serde_json::from_str(&h.daemon().status(true)).unwrap();
     assert_eq!(status["ready"], true);
     assert_eq!(status["pid"], h.daemon().pid());
     assert_eq!(status["http"]["listeners"].as_array().unwrap().len(), 2);
