@@ -1,6 +1,7 @@
-//! HTTPS GETs of small documents (range lists, certs documents), over rustls
-//! with the Mozilla root store plus an optional CA file, bounded in time and
-//! size. Errors are one line with their causes, for logs and reports.
+//! HTTPS requests for small documents (range lists, certs documents, OpenID
+//! Connect discovery and token responses), over rustls with the Mozilla root
+//! store plus an optional CA file, bounded in time and size. Errors are one
+//! line with their causes, for logs and reports.
 
 use std::{path::Path, time::Duration};
 
@@ -14,7 +15,7 @@ const MAX_BODY: usize = 16 << 20;
 /// GETs `url` and returns the body as text.
 pub async fn fetch(url: &str, ca_file: Option<&Path>) -> Result<String, String> {
     let client = client(ca_file)?;
-    let mut response = client
+    let response = client
         .get(url)
         .send()
         .await
@@ -22,6 +23,11 @@ pub async fn fetch(url: &str, ca_file: Option<&Path>) -> Result<String, String> 
     if !response.status().is_success() {
         return Err(format!("HTTP status {}", response.status()));
     }
+    body_text(response).await
+}
+
+/// The body of `response` as text, at most [`MAX_BODY`] bytes.
+pub async fn body_text(mut response: reqwest::Response) -> Result<String, String> {
     let mut body = Vec::new();
     while let Some(chunk) = response.chunk().await.map_err(|e| crate::error_chain(&e))? {
         body.extend_from_slice(&chunk);
@@ -44,7 +50,9 @@ pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, String>
     Ok(certs)
 }
 
-fn client(ca_file: Option<&Path>) -> Result<reqwest::Client, String> {
+/// A client trusting the Mozilla roots and `ca_file`, https only, with the
+/// fetch timeout (shared by the fetches and the OpenID Connect calls).
+pub fn client(ca_file: Option<&Path>) -> Result<reqwest::Client, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {

@@ -13,6 +13,7 @@
 //! - [`preflight`]: `check-config`'s checks of the files a config names.
 //! - [`tokens`]: the service-token store (hashes only, constant-time checks).
 //! - [`sessions`]: the gateway's own signed session tokens and their keys.
+//! - [`oidc`]: browser sign-in with OpenID Connect providers.
 //! - [`proxy`]: the identity gateway: listeners, request phases, upstream.
 //! - [`status`]: what the running daemon reports about itself.
 //! - [`metrics`]: Prometheus metrics, recorded and read from the status.
@@ -28,6 +29,7 @@ pub mod daemon;
 pub mod fetch;
 pub mod jwt;
 pub mod metrics;
+pub mod oidc;
 pub mod paths;
 pub mod policy;
 pub mod preflight;
@@ -47,4 +49,17 @@ pub fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+/// `bytes` random bytes, base64url: state, nonce, PKCE verifiers, session
+/// ids.
+pub fn random_token(bytes: usize) -> String {
+    use aws_lc_rs::rand::SecureRandom as _;
+    use base64::Engine as _;
+    let mut buffer = vec![0u8; bytes];
+    // The system generator failing leaves nothing safe to do.
+    aws_lc_rs::rand::SystemRandom::new()
+        .fill(&mut buffer)
+        .expect("the system random generator failed");
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buffer)
 }

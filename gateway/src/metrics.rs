@@ -42,11 +42,18 @@ struct AppLabel {
     app: String,
 }
 
+/// Labels of the identity-provider latency histogram.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ProviderLabel {
+    provider: String,
+}
+
 /// What the request path records.
 #[derive(Debug, Clone)]
 pub struct HttpMetrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<AppLabel, Histogram>,
+    provider: Family<ProviderLabel, Histogram>,
 }
 
 impl Default for HttpMetrics {
@@ -56,6 +63,9 @@ impl Default for HttpMetrics {
             // 100 µs to ~26 s: a refusal takes microseconds, an upstream
             // may take seconds.
             latency: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0001, 4.0, 10))
+            }),
+            provider: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.0001, 4.0, 10))
             }),
         }
@@ -76,6 +86,17 @@ impl HttpMetrics {
         self.latency
             .get_or_create(&AppLabel {
                 app: app.to_owned(),
+            })
+            .observe(seconds);
+    }
+
+    /// Time a sign-in's callback spent waiting on identity provider
+    /// `provider` (code exchange, key fetches): the part of a sign-in that
+    /// is the provider's, not the gateway's.
+    pub fn record_provider(&self, provider: &str, seconds: f64) {
+        self.provider
+            .get_or_create(&ProviderLabel {
+                provider: provider.to_owned(),
             })
             .observe(seconds);
     }
@@ -267,6 +288,12 @@ impl Collector for StatusCollector {
                     "Time from request to response headers, by app.",
                     None,
                     metrics.latency.metric_type(),
+                )?)?;
+                metrics.provider.encode(e.encode_descriptor(
+                    "gateway_oidc_provider_duration_seconds",
+                    "Time sign-in callbacks waited on the identity provider, by provider.",
+                    None,
+                    metrics.provider.metric_type(),
                 )?)?;
             }
             gauge(

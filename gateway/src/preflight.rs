@@ -1,7 +1,7 @@
 //! `gateway check-config`: everything about a configuration that can be
 //! checked without side effects, beyond what parsing checks: the files it
 //! names exist and hold what they should (certificates and keys, CA files,
-//! range lists, the token store). Nothing is written, bound, fetched or
+//! range lists, the token store, sign-in client secrets). Nothing is written, bound, fetched or
 //! attached. Errors name the key, like the parser's.
 
 use crate::{
@@ -50,6 +50,17 @@ pub fn check(config: &Config) -> Result<(), ConfigError> {
         }
         if let Some(path) = http.relay.as_ref().and_then(|r| r.ca_file.as_ref()) {
             read_ca_file(path).map_err(|m| invalid("relay.ca_file".into(), m))?;
+        }
+        for (i, provider) in http.oidc.iter().enumerate() {
+            if let Some(path) = &provider.ca_file {
+                read_ca_file(path).map_err(|m| invalid(format!("oidc[{i}].ca_file"), m))?;
+            }
+            crate::oidc::Provider::new(provider.clone()).map_err(|e| {
+                invalid(
+                    format!("oidc[{i}].client_secret_file"),
+                    crate::error_chain(&e),
+                )
+            })?;
         }
         TokenStore::open(&http.token_store)
             .map_err(|e| invalid("tokens.store".into(), crate::error_chain(&e)))?;

@@ -89,6 +89,8 @@ pub struct Sessions {
     /// headers on every request, ignoring the cookie, gets the same session
     /// until half its lifetime is gone instead of a signature each time.
     minted: Mutex<HashMap<(String, String), Minted>>,
+    /// Signed-out sessions by `jti`, with their expiry.
+    revoked: RwLock<HashMap<String, u64>>,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -124,6 +126,7 @@ impl Sessions {
             config,
             ring: RwLock::new(Arc::new(ring)),
             minted: Mutex::new(HashMap::new()),
+            revoked: RwLock::new(HashMap::new()),
         })
     }
 
@@ -170,8 +173,6 @@ impl Sessions {
             return Ok((m.token.clone(), m.exp));
         }
         let exp = now + lifetime;
-        let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some(key.kid.clone());
         let claims = json!({
             "iss": self.config.issuer,
             "aud": [audience],
@@ -182,8 +183,7 @@ impl Sessions {
             "exp": exp,
             "type": "app",
         });
-        let token =
-            jsonwebtoken::encode(&header, &claims, &key.encoding).map_err(SessionError::Sign)?;
+        let token = sign(key, &claims)?;
         // Bounded by tokens × apps; forget what has expired now and then.
         if minted.len() >= 1024 {
             minted.retain(|_, m| m.exp > now);
@@ -197,6 +197,50 @@ impl Sessions {
             },
         );
         Ok((token, exp))
+    }
+
+    /// Signs a session for a person who signed in: `identity` holds `sub`,
+    /// `email`, `groups` and the other mapped claims; the session fields
+    /// (`iss`, `aud`, times, `type`, a fresh `jti`) are added here. Returns
+    /// the token and its expiry.
+    pub fn issue_user(
+        &self,
+        audience: &str,
+        mut identity: serde_json::Map<String, serde_json::Value>,
+        lifetime_secs: u64,
+        now: u64,
+    ) -> Result<(String, u64), SessionError> {
+        let ring = self.ring.read().expect("session lock").clone();
+        let exp = now + lifetime_secs;
+        for (name, value) in [
+            ("iss", json!(self.config.issuer)),
+            ("aud", json!([audience])),
+            ("iat", json!(now)),
+            ("nbf", json!(now)),
+            ("exp", json!(exp)),
+            ("type", json!("app")),
+            ("jti", json!(crate::random_token(16))),
+        ] {
+            identity.insert(name.to_owned(), value);
+        }
+        Ok((sign(&ring.keys[0], &identity)?, exp))
+    }
+
+    /// Ends a signed-in session before its expiry (sign-out): its `jti` is
+    /// refused from now on. Kept in memory until `exp`, so a restart forgets
+    /// it; the browser's cookie is cleared at the same time.
+    pub fn revoke(&self, jti: &str, exp: u64, now: u64) {
+        let mut revoked = self.revoked.write().expect("session lock");
+        if revoked.len() >= 4096 {
+            revoked.retain(|_, e| *e > now);
+        }
+        revoked.insert(jti.to_owned(), exp);
+    }
+
+    /// Whether the session with this `jti` was signed out.
+    pub fn is_revoked(&self, jti: &str) -> bool {
+        let revoked = self.revoked.read().expect("session lock");
+        !revoked.is_empty() && revoked.contains_key(jti)
     }
 
     /// Verifies a token this gateway signed.
@@ -220,10 +264,16 @@ impl Sessions {
     }
 }
 
+fn sign(key: &Key, claims: &impl serde::Serialize) -> Result<String, SessionError> {
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some(key.kid.clone());
+    jsonwebtoken::encode(&header, claims, &key.encoding).map_err(SessionError::Sign)
+}
+
 /// Whether the newest key is too old, or an old key has outlived its use.
 fn needs_change(config: &SessionsConfig, keys: &[Key], now: u64) -> bool {
     let rotation = config.key_rotation.as_secs();
-    let keep = rotation + config.lifetime.as_secs();
+    let keep = rotation + config.longest_lifetime.as_secs();
     keys.first()
         .is_none_or(|newest| now >= newest.created + rotation)
         || keys.iter().skip(1).any(|k| now >= k.created + keep)
@@ -276,7 +326,7 @@ fn build_ring(
     now: u64,
 ) -> Result<KeyRing, SessionError> {
     let rotation = config.key_rotation.as_secs();
-    let keep = rotation + config.lifetime.as_secs();
+    let keep = rotation + config.longest_lifetime.as_secs();
     if keys
         .first()
         .is_none_or(|newest| now >= newest.created + rotation)
@@ -345,6 +395,7 @@ mod tests {
             key_dir: dir.to_owned(),
             lifetime: Duration::from_secs(100),
             key_rotation: Duration::from_secs(1000),
+            longest_lifetime: Duration::from_secs(100),
         }
     }
 

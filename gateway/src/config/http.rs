@@ -31,7 +31,10 @@ use http::{HeaderName, Uri};
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::{ConfigError, invalid};
+use super::{
+    ConfigError, invalid,
+    oidc::{OidcProviderConfig, RawOidc},
+};
 use crate::{
     paths,
     policy::{Action, Policy, PolicySet, Selector},
@@ -235,9 +238,20 @@ pub struct RawApp {
     /// Paths differing only in case are the same path.
     #[serde(default)]
     pub case_insensitive_paths: bool,
+    /// `[[oidc]]` providers that sign people in to this app (more than
+    /// one: a picker page).
+    #[serde(default)]
+    pub login: Vec<String>,
+    /// Lifetime of the session after a sign-in, seconds.
+    #[serde(default = "default_login_session_secs")]
+    pub session_lifetime_secs: u64,
     /// Policies, in order.
     #[serde(default)]
     pub policy: Vec<RawPolicy>,
+}
+
+fn default_login_session_secs() -> u64 {
+    24 * 3600
 }
 
 fn default_path() -> String {
@@ -342,6 +356,8 @@ pub struct HttpConfig {
     pub relay: Option<RelayConfig>,
     /// The gateway's own sessions, if service tokens are exchanged for them.
     pub sessions: Option<SessionsConfig>,
+    /// OpenID Connect providers.
+    pub oidc: Vec<OidcProviderConfig>,
     /// The service-token store.
     pub token_store: PathBuf,
     /// What a full audit queue does to HTTP decisions.
@@ -391,6 +407,9 @@ pub struct SessionsConfig {
     pub lifetime: Duration,
     /// Signing key rotation.
     pub key_rotation: Duration,
+    /// The longest lifetime of any session (service-token or sign-in):
+    /// how long a retired key stays published.
+    pub longest_lifetime: Duration,
 }
 
 /// One validated application.
@@ -414,6 +433,10 @@ pub struct App {
     pub service_token_header: Option<HeaderName>,
     /// Case-insensitive path matching.
     pub case_insensitive_paths: bool,
+    /// Providers people sign in with (empty: no sign-in).
+    pub login: Vec<String>,
+    /// Session lifetime after a sign-in.
+    pub session_lifetime: Duration,
     /// Policies.
     pub policies: PolicySet,
 }
@@ -428,6 +451,8 @@ pub struct RawSections {
     pub sessions: Option<RawSessions>,
     /// `[tokens]`.
     pub tokens: Option<RawTokens>,
+    /// `[[oidc]]`.
+    pub oidc: Vec<RawOidc>,
     /// `audit.http_overflow`.
     pub audit_overflow: analytics::Overflow,
     /// `[[app]]`.
@@ -451,7 +476,7 @@ fn header_name(key: &str, text: &str) -> Result<HeaderName, ConfigError> {
         .map_err(|_| invalid(key, format!("`{text}` is not a header name")))
 }
 
-fn https_url(key: &str, text: &str) -> Result<(), ConfigError> {
+pub(super) fn https_url(key: &str, text: &str) -> Result<(), ConfigError> {
     match text.parse::<Uri>() {
         Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => Ok(()),
         _ => Err(invalid(key, format!("`{text}` is not an https:// URL"))),
@@ -515,7 +540,8 @@ pub fn validate(raw: RawSections) -> Result<HttpConfig, ConfigError> {
     }
 
     let relay = raw.relay.map(validate_relay).transpose()?;
-    let sessions = raw.sessions.map(validate_sessions).transpose()?;
+    let mut sessions = raw.sessions.map(validate_sessions).transpose()?;
+    let oidc = super::oidc::validate(raw.oidc)?;
     let token_store = raw
         .tokens
         .map_or_else(default_token_store, |tokens| tokens.store);
@@ -528,7 +554,33 @@ pub fn validate(raw: RawSections) -> Result<HttpConfig, ConfigError> {
     }
     let mut apps: Vec<App> = Vec::new();
     for (i, raw_app) in raw.apps.into_iter().enumerate() {
-        let app = validate_app(&format!("app[{i}]"), raw_app, relay.is_some())?;
+        let key = format!("app[{i}]");
+        let app = validate_app(&key, raw_app, relay.is_some())?;
+        if let Some(name) = app
+            .login
+            .iter()
+            .find(|n| !oidc.iter().any(|p| &p.name == *n))
+        {
+            return Err(invalid(
+                format!("{key}.login"),
+                format!("no [[oidc]] provider is named `{name}`"),
+            ));
+        }
+        if !app.login.is_empty() {
+            let Some(sessions) = sessions.as_mut() else {
+                return Err(invalid(
+                    format!("{key}.login"),
+                    "sign-in needs a [sessions] section: the gateway signs the sessions",
+                ));
+            };
+            if app.session_lifetime > sessions.key_rotation {
+                return Err(invalid(
+                    format!("{key}.session_lifetime_secs"),
+                    "must be at most sessions.key_rotation_secs",
+                ));
+            }
+            sessions.longest_lifetime = sessions.longest_lifetime.max(app.session_lifetime);
+        }
         if apps.iter().any(|a| a.name == app.name) {
             return Err(invalid(
                 format!("app[{i}].name"),
@@ -567,6 +619,7 @@ pub fn validate(raw: RawSections) -> Result<HttpConfig, ConfigError> {
         },
         relay,
         sessions,
+        oidc,
         token_store,
         audit_overflow: raw.audit_overflow,
         apps,
@@ -620,6 +673,7 @@ fn validate_sessions(sessions: RawSessions) -> Result<SessionsConfig, ConfigErro
         key_dir: sessions.key_dir,
         lifetime,
         key_rotation,
+        longest_lifetime: lifetime,
     })
 }
 
@@ -707,19 +761,20 @@ fn validate_app(key: &str, app: RawApp, have_relay: bool) -> Result<App, ConfigE
             exclude: selectors("exclude", raw.exclude)?,
         });
     }
-    let needs_user_tokens = policies
-        .iter()
-        .any(|p| matches!(p.action, Action::Allow | Action::Block));
+    let needs_user_tokens = app.login.is_empty()
+        && policies
+            .iter()
+            .any(|p| matches!(p.action, Action::Allow | Action::Block));
     if needs_user_tokens && app.aud.is_none() {
         return Err(invalid(
             format!("{key}.aud"),
-            "Allow and Block policies need the relay's AUD tag for this app",
+            "Allow and Block policies need the relay's AUD tag for this app (or `login`)",
         ));
     }
     if needs_user_tokens && !have_relay {
         return Err(invalid(
             format!("{key}.policy"),
-            "Allow and Block policies need a [relay] section to verify user tokens",
+            "Allow and Block policies need a [relay] section to verify user tokens (or `login`)",
         ));
     }
     if app.aud.as_deref().is_some_and(str::is_empty) {
@@ -737,6 +792,11 @@ fn validate_app(key: &str, app: RawApp, have_relay: bool) -> Result<App, ConfigE
         forward_cookie: app.forward_cookie,
         service_token_header,
         case_insensitive_paths: app.case_insensitive_paths,
+        login: app.login,
+        session_lifetime: positive(
+            &format!("{key}.session_lifetime_secs"),
+            app.session_lifetime_secs,
+        )?,
         policies,
     })
 }

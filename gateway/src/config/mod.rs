@@ -4,7 +4,8 @@
 //!
 //! This module holds the file, the XDP and admin sections; [`http`] holds the
 //! identity gateway's sections (listeners, relay, sessions, tokens, apps
-//! and their policies), [`audit`] the audit log's.
+//! and their policies), [`oidc`] the sign-in providers, [`audit`] the audit
+//! log's.
 //!
 //! ```toml
 //! [xdp]
@@ -39,6 +40,7 @@ use crate::paths;
 
 pub mod audit;
 pub mod http;
+pub mod oidc;
 
 pub use audit::AuditConfig;
 pub use http::{App, HttpConfig};
@@ -89,6 +91,9 @@ pub struct RawConfig {
     pub sessions: Option<http::RawSessions>,
     /// The service-token store.
     pub tokens: Option<http::RawTokens>,
+    /// OpenID Connect providers for sign-in.
+    #[serde(default)]
+    pub oidc: Vec<oidc::RawOidc>,
     /// The audit log.
     pub audit: Option<audit::RawAudit>,
     /// Applications.
@@ -325,6 +330,7 @@ impl RawConfig {
                 relay: self.relay,
                 sessions: self.sessions,
                 tokens: self.tokens,
+                oidc: self.oidc,
                 audit_overflow: audit.http_overflow,
                 apps: self.app,
             })?),
@@ -333,6 +339,7 @@ impl RawConfig {
                     ("relay", self.relay.is_some()),
                     ("sessions", self.sessions.is_some()),
                     ("tokens", self.tokens.is_some()),
+                    ("oidc", !self.oidc.is_empty()),
                     ("app", !self.app.is_empty()),
                 ];
                 if let Some((key, _)) = orphan.iter().find(|(_, given)| *given) {
@@ -596,5 +603,81 @@ mod tests {
         let text =
             "[xdp]\ninterfaces = [\"eth0\"]\nallow_any = true\n[[xdp.relay]]\ncidrs = [\"::/0\"]\n";
         assert!(Config::parse(text).is_ok());
+    }
+}
+
+#[cfg(test)]
+mod oidc_tests {
+    use super::*;
+
+    const HTTP: &str = "[http]\n[[http.plain]]\nlisten = \"127.0.0.1:0\"\n";
+    const SESSIONS: &str = "[sessions]\nissuer = \"https://gw.example\"\nkey_dir = \"/k\"\n";
+    const PROVIDER: &str =
+        "[[oidc]]\nname = \"corp\"\nissuer = \"https://sso.example\"\nclient_id = \"gw\"\n";
+    const APP: &str = "[[app]]\nname = \"wiki\"\nhostname = \"wiki.example\"\nupstream = \"http://127.0.0.1:1\"\n";
+    const ALLOW: &str =
+        "[[app.policy]]\nname = \"staff\"\naction = \"allow\"\ninclude = [{ group = \"eng\" }]\n";
+
+    #[test]
+    fn sign_in_apps_need_no_relay_and_get_default_lifetimes() {
+        let text = format!("{HTTP}{SESSIONS}{PROVIDER}{APP}login = [\"corp\"]\n{ALLOW}");
+        let http = Config::parse(&text).unwrap().http.unwrap();
+        let app = &http.apps[0];
+        assert_eq!(app.login, ["corp"]);
+        assert_eq!(app.session_lifetime, std::time::Duration::from_secs(86_400));
+        assert_eq!(http.oidc[0].scopes, ["openid", "email", "profile"]);
+        assert_eq!(http.oidc[0].display_name, "corp");
+        // Retired keys stay published for the longest session.
+        let sessions = http.sessions.unwrap();
+        assert_eq!(sessions.longest_lifetime, app.session_lifetime);
+    }
+
+    #[test]
+    fn sign_in_errors_name_the_key() {
+        let cases = [
+            (
+                format!("{HTTP}{SESSIONS}{PROVIDER}{APP}login = [\"other\"]\n"),
+                "`app[0].login`",
+            ),
+            (
+                format!("{HTTP}{PROVIDER}{APP}login = [\"corp\"]\n{ALLOW}"),
+                "`app[0].login`",
+            ),
+            (
+                format!("{HTTP}{SESSIONS}{PROVIDER}scopes = [\"email\"]\n{APP}"),
+                "`oidc[0].scopes`",
+            ),
+            (
+                format!("{HTTP}{SESSIONS}{PROVIDER}{PROVIDER}{APP}"),
+                "`oidc[1].name`",
+            ),
+            (
+                format!(
+                    "{HTTP}{SESSIONS}{}{APP}",
+                    PROVIDER.replace("https://sso", "http://sso")
+                ),
+                "`oidc[0].issuer`",
+            ),
+            (
+                format!("{HTTP}{SESSIONS}{PROVIDER}claims = [\"iss\"]\n{APP}"),
+                "`oidc[0].claims`",
+            ),
+            (
+                format!("{HTTP}{SESSIONS}{PROVIDER}client_secret_file = \"rel\"\n{APP}"),
+                "`oidc[0].client_secret_file`",
+            ),
+            (
+                format!(
+                    "{HTTP}{SESSIONS}{PROVIDER}{APP}login = [\"corp\"]\nsession_lifetime_secs = 99999999\n"
+                ),
+                "`app[0].session_lifetime_secs`",
+            ),
+            (format!("{HTTP}{SESSIONS}{APP}{ALLOW}"), "`app[0].aud`"),
+            (format!("{PROVIDER}"), "`oidc`"),
+        ];
+        for (text, key) in cases {
+            let error = Config::parse(&text).unwrap_err().to_string();
+            assert!(error.contains(key), "{text}\n→ {error}");
+        }
     }
 }

@@ -131,6 +131,14 @@ impl CertsCache {
     /// Verifies `token`, fetching keys first if none are loaded and again
     /// (rate-limited) when the token names an unknown key.
     pub async fn verify(&self, token: &str, expect: &Expectations) -> Result<Claims, CertsError> {
+        self.verify_with(|keys| verify(token, keys, expect)).await
+    }
+
+    /// [`CertsCache::verify`] with the rules of `check` (an ID token's, say).
+    pub async fn verify_with(
+        &self,
+        check: impl Fn(&KeySet) -> Result<Claims, JwtError>,
+    ) -> Result<Claims, CertsError> {
         if self.keys().is_none() {
             // Fail closed, but try to get keys first.
             let _ = self.refresh_rate_limited().await;
@@ -138,13 +146,13 @@ impl CertsCache {
         let keys = self.keys().ok_or_else(|| CertsError::NoKeys {
             url: self.url.clone(),
         })?;
-        match verify(token, &keys, expect) {
+        match check(&keys) {
             Err(JwtError::UnknownKid(_)) => {
                 let _ = self.refresh_rate_limited().await;
                 let keys = self.keys().ok_or_else(|| CertsError::NoKeys {
                     url: self.url.clone(),
                 })?;
-                Ok(verify(token, &keys, expect)?)
+                Ok(check(&keys)?)
             }
             other => Ok(other?),
         }

@@ -173,7 +173,9 @@ pub struct Claims {
     pub exp: u64,
     /// Issued at.
     pub iat: u64,
-    /// Not before.
+    /// Not before (required in relay and session tokens, optional in ID
+    /// tokens).
+    #[serde(default)]
     pub nbf: u64,
     /// `app` or `org`.
     #[serde(rename = "type")]
@@ -192,6 +194,60 @@ pub struct Claims {
 
 /// Validates `token` against `keys` and `expect`.
 pub fn verify(token: &str, keys: &KeySet, expect: &Expectations) -> Result<Claims, JwtError> {
+    let claims = check(
+        token,
+        keys,
+        &expect.issuer,
+        &expect.audience,
+        expect.leeway_secs,
+        &["exp", "nbf", "iat", "iss", "aud"],
+    )?;
+    let found = claims.token_type.clone().unwrap_or_default();
+    if found != expect.token_type {
+        return Err(JwtError::WrongType {
+            found,
+            expected: expect.token_type.clone(),
+        });
+    }
+    Ok(claims)
+}
+
+/// Validates an OpenID Connect ID token: the same header, key and
+/// algorithm rules, issuer exact, `client_id` in `aud`, `exp` and `iat`
+/// required (`nbf` checked when present), a non-empty `sub`. The caller
+/// checks `nonce` and `azp`, which depend on the sign-in.
+pub fn verify_id_token(
+    token: &str,
+    keys: &KeySet,
+    issuer: &str,
+    client_id: &str,
+    leeway_secs: u64,
+) -> Result<Claims, JwtError> {
+    let claims = check(
+        token,
+        keys,
+        issuer,
+        client_id,
+        leeway_secs,
+        &["exp", "iat", "iss", "aud", "sub"],
+    )?;
+    if claims.sub.is_empty() {
+        return Err(JwtError::Invalid(
+            jsonwebtoken::errors::ErrorKind::MissingRequiredClaim("sub".into()).into(),
+        ));
+    }
+    Ok(claims)
+}
+
+/// Header, key, algorithm, signature, issuer, audience and times.
+fn check(
+    token: &str,
+    keys: &KeySet,
+    issuer: &str,
+    audience: &str,
+    leeway_secs: u64,
+    required: &[&str],
+) -> Result<Claims, JwtError> {
     let header = jsonwebtoken::decode_header(token).map_err(JwtError::Malformed)?;
     if header.jku.is_some() {
         return Err(JwtError::ForbiddenHeader("jku"));
@@ -217,27 +273,20 @@ pub fn verify(token: &str, keys: &KeySet, expect: &Expectations) -> Result<Claim
         });
     }
     let mut validation = Validation::new(*algorithm);
-    validation.set_issuer(&[&expect.issuer]);
-    validation.set_audience(&[&expect.audience]);
-    validation.set_required_spec_claims(&["exp", "nbf", "iat", "iss", "aud"]);
+    validation.set_issuer(&[issuer]);
+    validation.set_audience(&[audience]);
+    validation.set_required_spec_claims(required);
     validation.validate_nbf = true;
-    validation.leeway = expect.leeway_secs;
+    validation.leeway = leeway_secs;
     let data =
         jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(JwtError::Invalid)?;
     let mut claims = data.claims;
     claims.key_id = kid;
     // `iat` in the future (beyond the leeway) is a forged or broken token.
-    if claims.iat > crate::unix_now() + expect.leeway_secs {
+    if claims.iat > crate::unix_now() + leeway_secs {
         return Err(JwtError::Invalid(
             jsonwebtoken::errors::ErrorKind::ImmatureSignature.into(),
         ));
-    }
-    let found = claims.token_type.clone().unwrap_or_default();
-    if found != expect.token_type {
-        return Err(JwtError::WrongType {
-            found,
-            expected: expect.token_type.clone(),
-        });
     }
     Ok(claims)
 }

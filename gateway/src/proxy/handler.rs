@@ -37,6 +37,7 @@ use super::{
     listener::Connection,
     refusal::Refusal,
     request,
+    signin::{self, SignIn},
 };
 use crate::{
     config::App,
@@ -137,6 +138,7 @@ async fn phases(
 ) -> Result<(Response<Body>, Decision), Refusal> {
     let config = &snapshot.config;
     let (mut parts, body) = request.into_parts();
+    let wants_html = wants_html(&parts.headers);
 
     // 1. client
     let (client_ip, relay_country) = client_address(snapshot, connection, &parts.headers)?;
@@ -157,7 +159,18 @@ async fn phases(
         request::normalize_path(parts.uri.path()).map_err(|_| Refusal::BadRequest("bad_path"))?;
     event.path = Some(path.clone());
 
-    // 4. route
+    // 4. route: sign-in endpoints, the certs document, then the apps
+    let sign_in = SignIn {
+        gateway,
+        snapshot,
+        parts: &parts,
+        host: &host,
+        host_header: host_header.to_str().unwrap_or_default(),
+        tls: connection.tls,
+    };
+    if let Some(outcome) = sign_in.serve(&path, event).await {
+        return outcome;
+    }
     if path == CERTS_PATH
         && let Some(sessions) = &gateway.sessions
     {
@@ -181,7 +194,18 @@ async fn phases(
     let (identity, decision) = if bypass.effect == Effect::Bypass {
         (None, bypass)
     } else {
-        let identity = identity::authenticate(gateway, snapshot, app, &parts.headers).await?;
+        let identity = match identity::authenticate(gateway, snapshot, app, &parts.headers).await {
+            Err(refusal @ Refusal::BadCredentials(_))
+                if signin::should_sign_in(app, &parts, wants_html) =>
+            {
+                debug!(
+                    reason = refusal.reason(),
+                    "credentials refused; signing in again"
+                );
+                return sign_in.require(app, &path, event).await;
+            }
+            other => other?,
+        };
         if let Some(identity) = &identity {
             record_identity(event, identity);
         }
@@ -206,7 +230,12 @@ async fn phases(
     match decision.effect {
         Effect::Allow | Effect::ServiceAuth | Effect::Bypass => {}
         Effect::Block => return Err(Refusal::Forbidden("policy_block")),
-        Effect::NoMatch if identity.is_none() => return Err(Refusal::NoCredentials),
+        Effect::NoMatch if identity.is_none() => {
+            if signin::should_sign_in(app, &parts, wants_html) {
+                return sign_in.require(app, &path, event).await;
+            }
+            return Err(Refusal::NoCredentials);
+        }
         Effect::NoMatch => return Err(Refusal::Forbidden("policy_no_match")),
     }
     let outcome = if decision.effect == Effect::Bypass {
@@ -239,8 +268,10 @@ async fn phases(
                 crate::unix_now(),
             )
             .map_err(|_| Refusal::KeysUnavailable)?;
-        set_cookie = Some(session_cookie(
+        set_cookie = Some(signin::cookie(
+            credentials::JWT_COOKIE,
             &session,
+            "/",
             sessions.lifetime_secs(),
             connection.tls,
         ));
@@ -455,17 +486,6 @@ fn record_identity(event: &mut Event, identity: &Identity) {
     event.key_id = identity.key_id.clone();
 }
 
-/// `CF_Authorization` for a gateway session: host-only, HttpOnly,
-/// SameSite=Lax, Secure over TLS.
-fn session_cookie(token: &str, lifetime_secs: u64, secure: bool) -> HeaderValue {
-    let secure = if secure { "; Secure" } else { "" };
-    HeaderValue::from_str(&format!(
-        "{}={token}; Path=/; Max-Age={lifetime_secs}; HttpOnly; SameSite=Lax{secure}",
-        credentials::JWT_COOKIE
-    ))
-    .unwrap_or_else(|_| HeaderValue::from_static(""))
-}
-
 fn certs_response(json: String, request_id: &str) -> Response<Body> {
     let mut response = Response::new(super::full_body(json));
     let headers = response.headers_mut();
@@ -483,7 +503,8 @@ fn certs_response(json: String, request_id: &str) -> Response<Body> {
     response
 }
 
-fn wants_html(headers: &HeaderMap) -> bool {
+/// Whether the client is a browser (takes HTML), not an API client.
+pub(super) fn wants_html(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::ACCEPT)
         .iter()

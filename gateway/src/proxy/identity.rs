@@ -86,7 +86,14 @@ pub async fn authenticate(
 
     if let Some((source, token)) = jwt {
         let claims = verify_token(gateway, snapshot, app, source, &token, now).await?;
-        let session = sessions.is_some_and(|s| s.issuer() == claims.iss);
+        let session = sessions.filter(|s| s.issuer() == claims.iss);
+        if let Some(sessions) = session
+            && let Some(jti) = claims.other.get("jti").and_then(|j| j.as_str())
+            && sessions.is_revoked(jti)
+        {
+            return Err(Refusal::BadCredentials("session_signed_out"));
+        }
+        let session = session.is_some();
         identity.method = match (session, source) {
             (true, _) => "gateway_session",
             (false, TokenSource::Header) => "jwt",

@@ -11,6 +11,7 @@
 //!   audit event;
 //! - [`identity`]: credentials to a verified identity;
 //! - [`forward`]: header hygiene, the upstream client, upgrades;
+//! - [`signin`]: browser sign-in endpoints (OpenID Connect);
 //! - [`refusal`]: every refusal mapped to status, reason and body.
 
 pub mod forward;
@@ -19,6 +20,7 @@ pub mod identity;
 pub mod listener;
 pub mod refusal;
 pub mod request;
+pub mod signin;
 pub mod tls;
 
 use std::{
@@ -36,6 +38,7 @@ use crate::{
     config::{App, HttpConfig, http::RelayConfig},
     error_chain,
     jwt::{certs::CertsCache, verified::VerifiedTokens},
+    oidc::{OidcError, Provider, login::Sealer},
     sessions::{SessionError, Sessions},
     tokens::{TokenError, TokenStore},
 };
@@ -71,6 +74,15 @@ pub enum ProxyError {
     /// The session keys could not be loaded or made.
     #[error(transparent)]
     Sessions(#[from] SessionError),
+    /// A sign-in provider could not be set up.
+    #[error("oidc provider `{name}`")]
+    Oidc {
+        /// The provider.
+        name: String,
+        /// Why.
+        #[source]
+        source: OidcError,
+    },
 }
 
 /// Verifies the relay's tokens: its key cache and what its tokens must say.
@@ -82,16 +94,56 @@ pub struct RelayVerifier {
     pub certs: Arc<CertsCache>,
 }
 
-/// What a SIGHUP replaces: applications, policies, relay settings.
+/// What a SIGHUP replaces: applications, policies, relay settings,
+/// sign-in providers.
 #[derive(Debug)]
 pub struct Snapshot {
     /// The validated configuration.
     pub config: HttpConfig,
     /// The relay verifier, kept across reloads while its URL is unchanged.
     pub relay: Option<Arc<RelayVerifier>>,
+    /// Sign-in providers, kept (with what they discovered) across reloads
+    /// while their settings are unchanged.
+    pub providers: Vec<Arc<Provider>>,
 }
 
 impl Snapshot {
+    /// The snapshot for `config`, reusing what `previous` fetched when the
+    /// same relay and providers are configured.
+    fn new(config: HttpConfig, previous: Option<&Snapshot>) -> Result<Self, ProxyError> {
+        let relay = config
+            .relay
+            .as_ref()
+            .map(|r| relay_verifier(r, previous.and_then(|p| p.relay.as_ref())));
+        let providers = config
+            .oidc
+            .iter()
+            .map(|wanted| {
+                let kept = previous
+                    .and_then(|p| p.providers.iter().find(|old| old.same_as(wanted)).cloned());
+                match kept {
+                    Some(provider) => Ok(provider),
+                    None => Provider::new(wanted.clone())
+                        .map(Arc::new)
+                        .map_err(|source| ProxyError::Oidc {
+                            name: wanted.name.clone(),
+                            source,
+                        }),
+                }
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            config,
+            relay,
+            providers,
+        })
+    }
+
+    /// The sign-in provider named `name`.
+    pub fn provider(&self, name: &str) -> Option<&Arc<Provider>> {
+        self.providers.iter().find(|p| p.config.name == name)
+    }
+
     /// The app serving `host` and `path`: the longest matching prefix.
     pub fn route(&self, host: &str, path: &str) -> Option<&App> {
         self.config
@@ -200,6 +252,8 @@ pub struct Gateway {
     pub tokens: TokenWatch,
     /// The gateway's own sessions.
     pub sessions: Option<Sessions>,
+    /// Seals sign-in state into the browser's login cookie.
+    pub sealer: Sealer,
     /// Where decisions go.
     pub audit: analytics::AuditSender,
     /// The pooled upstream client.
@@ -269,14 +323,16 @@ impl Server {
             .clone()
             .map(|s| Sessions::open(s, crate::unix_now()))
             .transpose()?;
-        let mut listeners = listener::Listeners::bind(&config).await?;
-        let relay = config.relay.as_ref().map(|r| relay_verifier(r, None));
+        let snapshot = Snapshot::new(config, None)?;
+        let config = &snapshot.config;
+        let mut listeners = listener::Listeners::bind(config).await?;
         let client = forward::client(config.pool_idle, UPSTREAM_CONNECT_TIMEOUT);
         let gateway = Arc::new(Gateway {
             verified: VerifiedTokens::new(config.token_cache_bytes),
-            snapshot: ArcSwap::from_pointee(Snapshot { config, relay }),
+            snapshot: ArcSwap::from_pointee(snapshot),
             tokens,
             sessions,
+            sealer: Sealer::new(),
             audit,
             client,
             metrics: Default::default(),
@@ -318,13 +374,13 @@ impl Server {
             warn!("listener changes take effect at the next restart");
         }
         self.listeners.reload_certs();
-        let relay = config
-            .relay
-            .as_ref()
-            .map(|r| relay_verifier(r, current.relay.as_ref()));
-        self.gateway
-            .snapshot
-            .store(Arc::new(Snapshot { config, relay }));
+        match Snapshot::new(config, Some(&current)) {
+            Ok(snapshot) => self.gateway.snapshot.store(Arc::new(snapshot)),
+            Err(e) => {
+                warn!(error = %error_chain(&e), "configuration not applied; the previous one stays in force");
+                return;
+            }
+        }
         self.gateway.tokens.reload_if_changed();
         info!("gateway configuration reloaded");
     }

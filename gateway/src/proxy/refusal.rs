@@ -30,8 +30,13 @@ pub enum Refusal {
     /// Valid credentials, but the policies refuse (`policy_block` or
     /// `policy_no_match`).
     Forbidden(&'static str),
+    /// A sign-in callback that cannot complete; the reason names why
+    /// (state, code, ID token).
+    SignInFailed(&'static str),
     /// No signing keys could ever be loaded: fail closed.
     KeysUnavailable,
+    /// The identity provider cannot be reached for a sign-in.
+    ProviderUnavailable,
     /// The audit log cannot take the decision (fail-closed overflow).
     AuditUnavailable,
     /// The upstream did not answer in time.
@@ -47,9 +52,13 @@ impl Refusal {
             Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
             Refusal::Misdirected => StatusCode::MISDIRECTED_REQUEST,
             Refusal::NoApp => StatusCode::NOT_FOUND,
-            Refusal::NoCredentials | Refusal::BadCredentials(_) => StatusCode::UNAUTHORIZED,
+            Refusal::NoCredentials | Refusal::BadCredentials(_) | Refusal::SignInFailed(_) => {
+                StatusCode::UNAUTHORIZED
+            }
             Refusal::Forbidden(_) => StatusCode::FORBIDDEN,
-            Refusal::KeysUnavailable | Refusal::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::KeysUnavailable | Refusal::AuditUnavailable | Refusal::ProviderUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Refusal::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Refusal::UpstreamFailed => StatusCode::BAD_GATEWAY,
         }
@@ -60,11 +69,13 @@ impl Refusal {
         match self {
             Refusal::BadRequest(reason)
             | Refusal::BadCredentials(reason)
+            | Refusal::SignInFailed(reason)
             | Refusal::Forbidden(reason) => reason,
             Refusal::Misdirected => "sni_host_mismatch",
             Refusal::NoApp => "no_app",
             Refusal::NoCredentials => "no_credentials",
             Refusal::KeysUnavailable => "keys_unavailable",
+            Refusal::ProviderUnavailable => "provider_unavailable",
             Refusal::AuditUnavailable => "audit_unavailable",
             Refusal::UpstreamTimeout => "upstream_timeout",
             Refusal::UpstreamFailed => "upstream_failed",
@@ -125,8 +136,14 @@ impl Refusal {
             Refusal::NoCredentials | Refusal::BadCredentials(_) => {
                 "Sign in through your organization's access portal to reach this application."
             }
+            Refusal::SignInFailed(_) => {
+                "Signing in did not complete. Go back to the application to try again."
+            }
             Refusal::Forbidden(_) => {
                 "You are signed in, but not allowed to reach this application."
+            }
+            Refusal::ProviderUnavailable => {
+                "The sign-in service cannot be reached. Try again shortly."
             }
             Refusal::KeysUnavailable | Refusal::AuditUnavailable => {
                 "The gateway cannot check requests right now. Try again shortly."
