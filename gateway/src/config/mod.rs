@@ -624,7 +624,7 @@ mod oidc_tests {
         let http = Config::parse(&text).unwrap().http.unwrap();
         let app = &http.apps[0];
         assert_eq!(app.login, ["corp"]);
-        assert_eq!(app.session_lifetime, std::time::Duration::from_secs(86_400));
+        assert_eq!(app.session_lifetime, Duration::from_secs(86_400));
         assert_eq!(http.oidc[0].scopes, ["openid", "email", "profile"]);
         assert_eq!(http.oidc[0].display_name, "corp");
         // Retired keys stay published for the longest session.
@@ -673,7 +673,7 @@ mod oidc_tests {
                 "`app[0].session_lifetime_secs`",
             ),
             (format!("{HTTP}{SESSIONS}{APP}{ALLOW}"), "`app[0].aud`"),
-            (format!("{PROVIDER}"), "`oidc`"),
+            (PROVIDER.to_owned(), "`oidc`"),
         ];
         for (text, key) in cases {
             let error = Config::parse(&text).unwrap_err().to_string();
