@@ -14,6 +14,7 @@
 //! - [`gateway`]: the identity gateway with relay, upstream and clients.
 //! - [`nginx`]: Debian's nginx as a benchmark peer.
 //! - [`report`]: benchmark results as rows, JSON and a table.
+//! - [`wrk`]: the load generator of the gateway benchmarks.
 //! - [`audit`]: synthetic audit logs, the `analytics` command, DuckDB.
 //! - [`s3`]: an S3-compatible server (s3s-fs) on loopback.
 //! - [`demo`]: `cargo xtask demo`, the whole gateway in network namespaces
@@ -36,6 +37,7 @@ pub mod pki;
 pub mod report;
 pub mod s3;
 pub mod upstream;
+pub mod wrk;
 
 /// Fails the test loudly unless it runs as root.
 pub fn require_root() {

@@ -25,8 +25,7 @@
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
-    path::{Path, PathBuf},
-    process::Command,
+    path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -36,6 +35,7 @@ use gateway_tests::{
     gateway::{AUD, Harness, ISSUER, Relay},
     nginx::Nginx,
     report::{self, Row, publish},
+    wrk::{Wrk, best_rps, median_by_p99},
 };
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::Jwk};
 use rustls::{ClientConnection, StreamOwned, pki_types::ServerName};
@@ -55,136 +55,6 @@ const FRESH_SECONDS: u32 = 2;
 const HOST: &str = "app.test";
 const EMAIL: &str = "alice@corp.example";
 const MIB: f64 = 1024.0 * 1024.0;
-
-/// wrk's summary as one line of JSON (`WRK {...}`), from its `done` hook.
-const REPORT_LUA: &str = r#"
-done = function(summary, latency, requests)
-  local e = summary.errors
-  io.write(string.format(
-    "WRK {\"requests\":%d,\"duration_us\":%d,\"socket_errors\":%d,\"non_2xx\":%d,\"p50_us\":%d,\"p99_us\":%d}\n",
-    summary.requests, summary.duration, e.connect + e.read + e.write + e.timeout, e.status,
-    latency:percentile(50), latency:percentile(99)))
-end
-"#;
-
-/// Case (d): one token per request from the file given as the script
-/// argument, stopping when they run out (never reusing one).
-const FRESH_LUA: &str = r#"
-local tokens = {}
-local used = 0
-init = function(args)
-  for line in io.lines(args[1]) do tokens[#tokens + 1] = line end
-end
-request = function()
-  used = used + 1
-  if used >= #tokens then wrk.thread:stop() end
-  return wrk.format("GET", "/", { ["Host"] = "app.test",
-    ["Cf-Access-Jwt-Assertion"] = tokens[math.min(used, #tokens)] })
-end
-"#;
-
-/// One wrk run.
-#[derive(Clone, Copy, Debug)]
-struct Load {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    requests: u64,
-}
-
-struct Wrk {
-    report: PathBuf,
-    fresh: PathBuf,
-}
-
-impl Wrk {
-    fn new(dir: &Path) -> Self {
-        let report = dir.join("report.lua");
-        let fresh = dir.join("fresh.lua");
-        std::fs::write(&report, REPORT_LUA).expect("write wrk script");
-        std::fs::write(&fresh, format!("{FRESH_LUA}\n{REPORT_LUA}")).expect("write wrk script");
-        Self { report, fresh }
-    }
-
-    /// Runs wrk against `addr` with `headers` on every request.
-    fn run(
-        &self,
-        addr: SocketAddr,
-        connections: u32,
-        seconds: u32,
-        headers: &[(&str, &str)],
-    ) -> Load {
-        self.exec(addr, connections, seconds, headers, &self.report, None)
-    }
-
-    /// Runs case (d) with the tokens in `tokens`, for less time than they
-    /// last (wrk's duration is fixed; a thread that runs out stops early
-    /// but the rate would still be counted over the whole duration).
-    fn fresh(&self, addr: SocketAddr, tokens: &Path) -> Load {
-        let load = self.exec(
-            addr,
-            CONNECTIONS,
-            FRESH_SECONDS,
-            &[],
-            &self.fresh,
-            Some(tokens),
-        );
-        assert!(
-            load.requests + u64::from(CONNECTIONS) < FRESH_TOKENS as u64,
-            "case (d) used up its {FRESH_TOKENS} tokens in {FRESH_SECONDS} s: raise FRESH_TOKENS"
-        );
-        load
-    }
-
-    fn exec(
-        &self,
-        addr: SocketAddr,
-        connections: u32,
-        seconds: u32,
-        headers: &[(&str, &str)],
-        script: &Path,
-        script_arg: Option<&Path>,
-    ) -> Load {
-        let mut cmd = Command::new("taskset");
-        cmd.args(["-c", &LOAD_CPU.to_string(), "wrk", "-t1"])
-            .arg(format!("-c{connections}"))
-            .arg(format!("-d{seconds}s"))
-            .args(["--timeout", "5s", "-s"])
-            .arg(script);
-        for (name, value) in headers {
-            cmd.arg("-H").arg(format!("{name}: {value}"));
-        }
-        cmd.arg(format!("http://{addr}/"));
-        if let Some(arg) = script_arg {
-            cmd.arg("--").arg(arg);
-        }
-        let out = cmd
-            .output()
-            .expect("cannot run wrk (`cargo xtask bench` installs it)");
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "wrk failed: {stdout}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let line = stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("WRK "))
-            .unwrap_or_else(|| panic!("no summary from wrk: {stdout}"));
-        let v: Value = serde_json::from_str(line).expect("wrk summary is JSON");
-        let n = |k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k} in {line}"));
-        assert!(
-            n("socket_errors") == 0.0 && n("non_2xx") == 0.0,
-            "every request must succeed with 200; wrk against {addr} with {headers:?}: {stdout}"
-        );
-        Load {
-            rps: n("requests") / (n("duration_us") / 1e6),
-            p50_ms: n("p50_us") / 1e3,
-            p99_ms: n("p99_us") / 1e3,
-            requests: n("requests") as u64,
-        }
-    }
-}
 
 /// `jsonwebtoken` decoding and checking `token` (RS256, same key and
 /// validation rules as the gateway), per second on this thread's CPU: the
@@ -311,18 +181,6 @@ fn settle() {
     std::thread::sleep(Duration::from_millis(500));
 }
 
-fn median_by_p99(mut runs: Vec<Load>) -> Load {
-    runs.sort_by(|a, b| a.p99_ms.total_cmp(&b.p99_ms));
-    runs[runs.len() / 2]
-}
-
-fn best_rps(runs: &[Load]) -> Load {
-    *runs
-        .iter()
-        .max_by(|a, b| a.rps.total_cmp(&b.rps))
-        .expect("at least one run")
-}
-
 fn main() {
     gateway_tests::require_root();
     // 10,000 client connections need more than the usual 1,024 descriptors.
@@ -381,7 +239,7 @@ include = [{{ email_domain = "corp.example" }}]
 
     let raw_rate = raw_verify_rate(&harness.relay, &token);
 
-    let wrk = Wrk::new(&dir);
+    let wrk = Wrk::new(&dir, LOAD_CPU);
     let host = [("Host", HOST)];
     let jwt = [("Host", HOST), ("Cf-Access-Jwt-Assertion", token.as_str())];
     let service = [
@@ -403,7 +261,13 @@ include = [{{ email_domain = "corp.example" }}]
         cached.push(wrk.run(gateway, CONNECTIONS, SECONDS, &jwt));
         tokens.push(wrk.run(gateway, CONNECTIONS, SECONDS, &service));
     }
-    let fresh = wrk.fresh(gateway, &tokens_file);
+    let fresh = wrk.fresh(
+        gateway,
+        &tokens_file,
+        CONNECTIONS,
+        FRESH_SECONDS,
+        FRESH_TOKENS,
+    );
     sent_to_gateway.extend(cached.iter().chain(&tokens).copied());
     sent_to_gateway.push(fresh);
     let (direct, plain_proxy, cached, tokens) = (
