@@ -17,6 +17,8 @@
 //! - [`wrk`]: the load generator of the gateway benchmarks.
 //! - [`audit`]: synthetic audit logs, the `analytics` command, DuckDB.
 //! - [`s3`]: an S3-compatible server (s3s-fs) on loopback.
+//! - [`idp`]: a real OpenID Provider (oidc-provider on Node.js) on
+//!   loopback, with a scripted sign-in for the login tests.
 //! - [`demo`]: `cargo xtask demo`, the whole gateway in network namespaces
 //!   with real traffic, its outcomes checked (the `demo` binary).
 //!
@@ -29,6 +31,7 @@ pub mod demo;
 pub mod filter;
 pub mod gateway;
 pub mod https;
+pub mod idp;
 pub mod model;
 pub mod netns;
 pub mod nginx;

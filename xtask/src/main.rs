@@ -1,7 +1,8 @@
 //! Project automation. Run as `cargo xtask <command>`.
 //!
 //! - `setup`: make this machine ready (nightly rust-src, bpf-linker against
-//!   nightly's own LLVM, the Debian packages the tests use). Idempotent.
+//!   nightly's own LLVM, the Debian packages the tests use, the test OpenID
+//!   Provider's npm packages). Idempotent.
 //! - `test`: `setup`, then every test in the workspace, privileged ones
 //!   included (needs root).
 //! - `bench NAME`: run a benchmark and write `bench-results/NAME.json`.

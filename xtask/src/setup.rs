@@ -9,7 +9,10 @@
 //!    Parquet files with: DuckDB (and pytz, which it needs for time zones)
 //!    and pyarrow;
 //! 5. tools from crates.io: `s3s-fs`, the S3-compatible server the upload
-//!    tests run on loopback, and `cargo-deb`, which builds the packages.
+//!    tests run on loopback, and `cargo-deb`, which builds the packages;
+//! 6. the npm packages of the test OpenID Provider (`tests/idp`:
+//!    `oidc-provider`, pinned by its package-lock.json), with `npm ci` and
+//!    the machine's Node.js (from Debian's packages when there is none).
 //!
 //! Each step checks first and does nothing when already done.
 
@@ -36,6 +39,21 @@ const PACKAGES: &[(&str, &str)] = &[
     ("curl", "scraping the admin endpoint in the tests"),
     ("systemd", "systemd-analyze verify of the packaged unit"),
 ];
+
+/// Debian packages for Node.js, installed only when `node` or `npm` is
+/// missing: a machine with another Node.js (NodeSource's `nodejs`, which
+/// ships npm itself and conflicts with Debian's `npm`) keeps it.
+const NODE_PACKAGES: &[(&str, &str)] = &[
+    ("nodejs", "runs the test OpenID Provider (tests/idp)"),
+    (
+        "npm",
+        "installs the test OpenID Provider's packages (npm ci)",
+    ),
+];
+
+/// The oldest Node.js the test OpenID Provider runs on: oidc-provider 9
+/// uses `crypto.hash` (Node.js 20.12); it asks for 22 but works on 20.
+const NODE_MIN: (u32, u32) = (20, 12);
 
 /// PyPI packages (pinned), with what needs them.
 const PYTHON_PACKAGES: &[(&str, &str, &str)] = &[
@@ -82,7 +100,52 @@ pub fn run() -> anyhow::Result<()> {
     for &(name, version, features, why) in CARGO_TOOLS {
         cargo_tool(name, version, features, why)?;
     }
-    Ok(())
+    idp_packages()
+}
+
+/// `npm ci` in `tests/idp` unless `oidc-provider` is there: the OpenID
+/// Provider the login tests and the gateway benchmark sign in at.
+fn idp_packages() -> anyhow::Result<()> {
+    let dir = crate::util::workspace_root().join("tests/idp");
+    if dir.join("node_modules/oidc-provider/package.json").exists() {
+        return Ok(());
+    }
+    if !succeeds(Command::new("node").arg("--version"))
+        || !succeeds(Command::new("npm").arg("--version"))
+    {
+        debian_packages(NODE_PACKAGES)?;
+    }
+    let version = output(Command::new("node").arg("--version"))
+        .context("Node.js (`node`) is missing: the test OpenID Provider runs on it")?;
+    let (major, minor) = version
+        .trim()
+        .trim_start_matches('v')
+        .split('.')
+        .map(|n| n.parse::<u32>().ok())
+        .collect::<Option<Vec<_>>>()
+        .and_then(|v| Some((*v.first()?, *v.get(1)?)))
+        .with_context(|| format!("cannot read the Node.js version from {version:?}"))?;
+    if (major, minor) < NODE_MIN {
+        bail!(
+            "Node.js {} is too old for the test OpenID Provider (oidc-provider 9 needs {}.{} or \
+             later): install a newer nodejs",
+            version.trim(),
+            NODE_MIN.0,
+            NODE_MIN.1
+        );
+    }
+    eprintln!("setup: installing the test OpenID Provider's npm packages (tests/idp)");
+    exec(
+        Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&dir),
+    )
+    .with_context(|| {
+        format!(
+            "`npm ci` in {} failed; the OpenID login tests need oidc-provider",
+            dir.display()
+        )
+    })
 }
 
 /// `cargo install`s `name` at `version` unless it is there (both tools
