@@ -19,6 +19,7 @@
 //! - [`s3`]: an S3-compatible server (s3s-fs) on loopback.
 //! - [`idp`]: a real OpenID Provider (oidc-provider on Node.js) on
 //!   loopback, with a scripted sign-in for the login tests.
+//! - [`signin`]: the gateway with browser sign-in against [`idp`].
 //! - [`demo`]: `cargo xtask demo`, the whole gateway in network namespaces
 //!   with real traffic, its outcomes checked (the `demo` binary).
 //!
@@ -39,6 +40,7 @@ pub mod packet;
 pub mod pki;
 pub mod report;
 pub mod s3;
+pub mod signin;
 pub mod upstream;
 pub mod wrk;
 
