@@ -5,8 +5,6 @@
 //! starts), and the steps of a sign-in done with an HTTP client whose
 //! cookies are carried by hand, so tests can replay, swap and alter them.
 
-use std::net::TcpListener;
-
 use reqwest::{Response, header};
 
 use crate::{
@@ -43,10 +41,7 @@ impl SignInSetup {
     /// every test host on a free port.
     pub fn new() -> Self {
         let harness = Harness::new();
-        let port = TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = crate::nginx::free_port();
         let redirect_uris: Vec<String> = HOSTS
             .iter()
             .map(|host| format!("https://{host}:{port}/cdn-cgi/access/callback"))

@@ -8,8 +8,8 @@ use anyhow::bail;
 
 use crate::util::{cargo, exec, require_root};
 
-/// Debian packages only the gateway benchmark needs: its load generator and
-/// the peer it is compared with.
+/// Debian packages only the gateway and sign-in benchmarks need: their load
+/// generator and the peer and upstream they use.
 const GATEWAY_PACKAGES: &[(&str, &str)] = &[
     ("wrk", "the gateway benchmark's load generator"),
     (
@@ -26,12 +26,16 @@ pub fn run(name: &str) -> anyhow::Result<()> {
             &["bench-gateway", "gateway-under-test"],
             &["--no-default-features"],
         ),
+        "sso" => (
+            &["bench-sso", "gateway-under-test"],
+            &["--no-default-features"],
+        ),
         // The SQL engine (DataFusion) only for this one.
         "audit" => (&["bench-audit", "analytics-under-test"], &[]),
-        other => bail!("unknown benchmark `{other}`; known: xdp, gateway, audit"),
+        other => bail!("unknown benchmark `{other}`; known: xdp, gateway, sso, audit"),
     };
     require_root("the benchmarks load XDP programs, build network namespaces and pin processes")?;
-    if name == "gateway" {
+    if matches!(name, "gateway" | "sso") {
         crate::setup::debian_packages(GATEWAY_PACKAGES)?;
     }
     let root = crate::util::workspace_root();
