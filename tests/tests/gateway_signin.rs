@@ -295,6 +295,14 @@ async fn cookies_are_scoped_to_their_app() {
         .await
         .unwrap();
     assert_eq!(twice.status(), 401);
+    // For a browser too: signing in again would not remove the other one.
+    let twice = browser_get(
+        &gateway,
+        &setup.url("app.test", "/"),
+        Some(&format!("{cookie}; CF_Authorization={token}")),
+    )
+    .await;
+    assert_eq!(twice.status(), 401);
     // A forged session (signature altered) is refused, and a browser
     // presenting it is sent to sign in rather than let through.
     let forged = format!("CF_Authorization={}x", &token[..token.len() - 1]);

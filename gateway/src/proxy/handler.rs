@@ -195,8 +195,11 @@ async fn phases(
         (None, bypass)
     } else {
         let identity = match identity::authenticate(gateway, snapshot, app, &parts.headers).await {
-            Err(refusal @ Refusal::BadCredentials(_))
-                if signin::should_sign_in(app, &parts, wants_html) =>
+            // Two session cookies (one tossed by a sibling host) would
+            // come back after signing in: refused, not a redirect loop.
+            Err(refusal @ Refusal::BadCredentials(reason))
+                if reason != "credential_duplicate"
+                    && signin::should_sign_in(app, &parts, wants_html) =>
             {
                 debug!(
                     reason = refusal.reason(),
