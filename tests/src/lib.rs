@@ -16,6 +16,8 @@
 //! - [`report`]: benchmark results as rows, JSON and a table.
 //! - [`audit`]: synthetic audit logs, the `analytics` command, DuckDB.
 //! - [`s3`]: an S3-compatible server (s3s-fs) on loopback.
+//! - [`browser`]: a headless Chromium under chromedriver (WebDriver), for
+//!   flows checked the way people meet them: forms, redirects, cookies.
 //! - [`demo`]: `cargo xtask demo`, the whole gateway in network namespaces
 //!   with real traffic, its outcomes checked (the `demo` binary).
 //!
@@ -23,6 +25,7 @@
 //! a message saying so, they never skip.
 
 pub mod audit;
+pub mod browser;
 pub mod daemon;
 pub mod demo;
 pub mod filter;
