@@ -20,6 +20,8 @@
 //! - [`idp`]: a real OpenID Provider (oidc-provider on Node.js) on
 //!   loopback, with a scripted sign-in for the login tests.
 //! - [`signin`]: the gateway with browser sign-in against [`idp`].
+//! - [`browser`]: a headless Chromium under chromedriver (WebDriver), for
+//!   flows checked the way people meet them: forms, redirects, cookies.
 //! - [`demo`]: `cargo xtask demo`, the whole gateway in network namespaces
 //!   with real traffic, its outcomes checked (the `demo` binary).
 //!
@@ -27,6 +29,7 @@
 //! a message saying so, they never skip.
 
 pub mod audit;
+pub mod browser;
 pub mod daemon;
 pub mod demo;
 pub mod filter;

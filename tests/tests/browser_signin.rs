@@ -41,9 +41,18 @@ async fn chromium_signs_in_and_is_refused_where_the_policy_says_so() {
     // Back where it started, signed in; the upstream saw alice.
     browser.wait_for_url(&page).await;
     assert!(browser.text().await.contains("upstream ok"));
-    let seen = setup.harness.upstream.last();
-    assert_eq!(seen.target, "/hello?from=browser");
-    assert_eq!(seen.one("cf-access-authenticated-user-email"), "alice@corp.test");
+    // (Chromium asks for /favicon.ico too, with the session.)
+    let seen = setup
+        .harness
+        .upstream
+        .requests()
+        .into_iter()
+        .find(|r| r.target == "/hello?from=browser")
+        .expect("the page reached the app");
+    assert_eq!(
+        seen.one("cf-access-authenticated-user-email"),
+        "alice@corp.test"
+    );
     let cookies = browser.cookies().await;
     let session = cookies
         .iter()
@@ -65,11 +74,19 @@ async fn chromium_signs_in_and_is_refused_where_the_policy_says_so() {
         .wait_for_url(&setup.url("other.test", "/cdn-cgi/access/login"))
         .await;
     let picker = browser.text().await;
-    assert!(picker.contains("Corp SSO") && picker.contains("Partner <SSO>"), "{picker}");
+    assert!(
+        picker.contains("Corp SSO") && picker.contains("Partner <SSO>"),
+        "{picker}"
+    );
     browser.click("a[href*='provider=corp']").await;
-    browser.wait_for_url(&setup.url("other.test", "/books")).await;
+    browser
+        .wait_for_url(&setup.url("other.test", "/books"))
+        .await;
     let refused = browser.text().await;
-    assert!(refused.contains("403") && refused.contains("not allowed"), "{refused}");
+    assert!(
+        refused.contains("403") && refused.contains("not allowed"),
+        "{refused}"
+    );
     assert!(
         setup
             .harness

@@ -38,6 +38,11 @@ const PACKAGES: &[(&str, &str)] = &[
     ("ethtool", "GRO on the benchmark's veth pair"),
     ("curl", "scraping the admin endpoint in the tests"),
     ("systemd", "systemd-analyze verify of the packaged unit"),
+    ("chromium", "the headless browser of the browser tests"),
+    (
+        "chromium-driver",
+        "chromedriver, the WebDriver server the browser tests drive Chromium through",
+    ),
 ];
 
 /// Debian packages for Node.js, installed only when `node` or `npm` is
