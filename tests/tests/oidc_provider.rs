@@ -128,6 +128,23 @@ async fn redeem(
     )
 }
 
+/// A whole flow in `client`'s browser as `user`: the authorization (its
+/// state, nonce and verifier) and the token endpoint's answer, which must
+/// be 200.
+async fn flow(client: &reqwest::Client, discovery: &Value, user: &str) -> (Authorization, Value) {
+    let auth = authorization(discovery);
+    let callback = sign_in(client, &auth.url, user).await;
+    let (status, tokens) = redeem(
+        client,
+        discovery,
+        &code_of(&callback, &auth),
+        &auth.verifier,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{tokens}");
+    (auth, tokens)
+}
+
 /// The ID token's claims, its signature checked against the provider's
 /// JWKS (with the issuer and audience; not the nonce, the tests do that).
 fn verified_claims(id_token: &str, jwks: &JwkSet, issuer: &str) -> Value {
@@ -219,17 +236,8 @@ async fn code_flow_with_pkce_replay_refused_and_tampered_tokens_still_signed() {
     // Tampered claims, as mallory (unverified email): the nonce replaced,
     // the name removed, the signature still the provider's.
     idp.tamper(json!({"nonce": "x", "name": null}));
-    let auth = authorization(&discovery);
     let browser_of_mallory = browser(&ca);
-    let callback = sign_in(&browser_of_mallory, &auth.url, "mallory").await;
-    let (status, tokens) = redeem(
-        &browser_of_mallory,
-        &discovery,
-        &code_of(&callback, &auth),
-        &auth.verifier,
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{tokens}");
+    let (_, tokens) = flow(&browser_of_mallory, &discovery, "mallory").await;
     let claims = verified_claims(tokens["id_token"].as_str().unwrap(), &jwks, &issuer);
     assert_eq!(claims["nonce"], json!("x"));
     assert!(claims.get("name").is_none(), "{claims}");
@@ -239,16 +247,7 @@ async fn code_flow_with_pkce_replay_refused_and_tampered_tokens_still_signed() {
     // Another audience and an expiry in the past: still the provider's
     // signature, but a relying party must refuse it for its claims.
     idp.tamper(json!({"aud": "other-client", "exp": 1000, "iat": 900}));
-    let auth = authorization(&discovery);
-    let callback = sign_in(&browser_of_mallory, &auth.url, "mallory").await;
-    let (status, tokens) = redeem(
-        &browser_of_mallory,
-        &discovery,
-        &code_of(&callback, &auth),
-        &auth.verifier,
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{tokens}");
+    let (auth, tokens) = flow(&browser_of_mallory, &discovery, "mallory").await;
     let id_token = tokens["id_token"].as_str().unwrap();
     let jwk = jwks
         .find(&jsonwebtoken::decode_header(id_token).unwrap().kid.unwrap())
@@ -276,17 +275,7 @@ async fn code_flow_with_pkce_replay_refused_and_tampered_tokens_still_signed() {
 
     // Reset: the next ID token is untouched again (bob, in his own browser).
     idp.tamper(json!({}));
-    let auth = authorization(&discovery);
-    let browser_of_bob = browser(&ca);
-    let callback = sign_in(&browser_of_bob, &auth.url, "bob").await;
-    let (status, tokens) = redeem(
-        &browser_of_bob,
-        &discovery,
-        &code_of(&callback, &auth),
-        &auth.verifier,
-    )
-    .await;
-    assert_eq!(status, StatusCode::OK, "{tokens}");
+    let (auth, tokens) = flow(&browser(&ca), &discovery, "bob").await;
     let claims = verified_claims(tokens["id_token"].as_str().unwrap(), &jwks, &issuer);
     assert_eq!(claims["nonce"], json!(auth.nonce));
     assert_eq!(claims["groups"], json!(["sales"]));

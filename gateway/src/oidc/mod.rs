@@ -373,20 +373,14 @@ impl Provider {
     /// the groups, `amr`, the provider, and the configured extra claims.
     pub fn session_identity(&self, claims: &Claims) -> Map<String, Value> {
         let config = &self.config;
-        let claim = |name: &str| -> Option<&Value> {
-            match name {
-                "email" => None,
-                _ => claims.other.get(name),
-            }
-        };
+        // `email` is parsed into its own field; every other claim is in
+        // `other`.
+        let claim = |name: &str| claims.other.get(name);
         let mut identity = Map::new();
         identity.insert("sub".into(), json!(claims.sub));
-        let email = if config.email_claim == "email" {
-            claims.email.clone()
-        } else {
-            claim(&config.email_claim)
-                .and_then(Value::as_str)
-                .map(str::to_owned)
+        let email = match config.email_claim.as_str() {
+            "email" => claims.email.clone(),
+            name => claim(name).and_then(Value::as_str).map(str::to_owned),
         };
         let verified = claims.other.get("email_verified") != Some(&Value::Bool(false));
         if let Some(email) = email.filter(|_| verified) {
