@@ -14,7 +14,11 @@ const MAX_BODY: usize = 16 << 20;
 
 /// GETs `url` and returns the body as text.
 pub async fn fetch(url: &str, ca_file: Option<&Path>) -> Result<String, String> {
-    let client = client(ca_file)?;
+    fetch_with(&client(ca_file)?, url).await
+}
+
+/// [`fetch`] with a client kept by the caller.
+pub async fn fetch_with(client: &reqwest::Client, url: &str) -> Result<String, String> {
     let response = client
         .get(url)
         .send()

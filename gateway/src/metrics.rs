@@ -60,16 +60,16 @@ impl Default for HttpMetrics {
     fn default() -> Self {
         Self {
             requests: Family::default(),
-            // 100 µs to ~26 s: a refusal takes microseconds, an upstream
-            // may take seconds.
-            latency: Family::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.0001, 4.0, 10))
-            }),
-            provider: Family::new_with_constructor(|| {
-                Histogram::new(exponential_buckets(0.0001, 4.0, 10))
-            }),
+            latency: Family::new_with_constructor(duration_histogram),
+            provider: Family::new_with_constructor(duration_histogram),
         }
     }
+}
+
+/// 100 µs to ~26 s: a refusal takes microseconds, an upstream or a
+/// provider may take seconds.
+fn duration_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 4.0, 10))
 }
 
 impl HttpMetrics {

@@ -476,6 +476,14 @@ fn header_name(key: &str, text: &str) -> Result<HeaderName, ConfigError> {
         .map_err(|_| invalid(key, format!("`{text}` is not a header name")))
 }
 
+/// A clock-skew allowance: more than 5 minutes would accept stale tokens.
+pub(super) fn leeway(key: &str, secs: u64) -> Result<Duration, ConfigError> {
+    if secs > 300 {
+        return Err(invalid(key, "more than 300 s of skew is not a leeway"));
+    }
+    Ok(Duration::from_secs(secs))
+}
+
 pub(super) fn https_url(key: &str, text: &str) -> Result<(), ConfigError> {
     match text.parse::<Uri>() {
         Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => Ok(()),
@@ -635,12 +643,7 @@ fn validate_relay(relay: RawRelay) -> Result<RelayConfig, ConfigError> {
         )
     });
     https_url("relay.certs_url", &certs_url)?;
-    if relay.leeway_secs > 300 {
-        return Err(invalid(
-            "relay.leeway_secs",
-            "more than 300 s of skew is not a leeway",
-        ));
-    }
+    leeway("relay.leeway_secs", relay.leeway_secs)?;
     if relay.token_type.is_empty() {
         return Err(invalid("relay.token_type", "is empty"));
     }

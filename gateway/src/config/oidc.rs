@@ -180,12 +180,7 @@ pub fn validate(raw: Vec<RawOidc>) -> Result<Vec<OidcProviderConfig>, ConfigErro
                 format!("`{claim}` is empty or a claim the session sets itself"),
             ));
         }
-        if raw.leeway_secs > 300 {
-            return Err(invalid(
-                key("leeway_secs"),
-                "more than 300 s of skew is not a leeway",
-            ));
-        }
+        let leeway = super::http::leeway(&key("leeway_secs"), raw.leeway_secs)?;
         let mut scopes = vec!["openid".to_owned()];
         scopes.extend(raw.scopes.into_iter().filter(|s| s != "openid"));
         providers.push(OidcProviderConfig {
@@ -199,7 +194,7 @@ pub fn validate(raw: Vec<RawOidc>) -> Result<Vec<OidcProviderConfig>, ConfigErro
             email_claim: raw.email_claim,
             groups_claim: raw.groups_claim,
             claims: raw.claims,
-            leeway: Duration::from_secs(raw.leeway_secs),
+            leeway,
         });
     }
     Ok(providers)

@@ -203,7 +203,7 @@ impl Provider {
             "{}/.well-known/openid-configuration",
             issuer.trim_end_matches('/')
         );
-        let text = crate::fetch::fetch(&url, self.config.ca_file.as_deref())
+        let text = crate::fetch::fetch_with(&self.client, &url)
             .await
             .map_err(|message| discovery_error(issuer, message))?;
         let document: Discovery = serde_json::from_str(&text)
