@@ -30,8 +30,8 @@ pub enum CredentialError {
     #[error("`{0}` is present more than once")]
     Duplicate(String),
     /// The cookie appears more than once.
-    #[error("cookie `{JWT_COOKIE}` is present more than once")]
-    DuplicateCookie,
+    #[error("cookie `{0}` is present more than once")]
+    DuplicateCookie(String),
     /// Empty or not visible ASCII.
     #[error("`{0}` is malformed")]
     Malformed(String),
@@ -88,6 +88,32 @@ pub(crate) fn single_value<'h>(
     Ok(Some(text))
 }
 
+/// The value of cookie `name` in any `Cookie` header, refused when it
+/// appears twice: a sibling host may have tossed its own, and picking one
+/// would let the two sides disagree.
+pub(crate) fn single_cookie(
+    headers: &HeaderMap,
+    name: &str,
+) -> Result<Option<String>, CredentialError> {
+    let mut found = None;
+    for header in headers.get_all(COOKIE) {
+        let Ok(text) = header.to_str() else {
+            continue;
+        };
+        for pair in text.split(';') {
+            if let Some((key, value)) = pair.trim().split_once('=')
+                && key == name
+            {
+                if found.is_some() {
+                    return Err(CredentialError::DuplicateCookie(name.into()));
+                }
+                found = Some(value.trim().to_owned());
+            }
+        }
+    }
+    Ok(found)
+}
+
 /// The relay token of a request. `cookie_enabled` is the app's setting.
 pub fn relay_token(
     headers: &HeaderMap,
@@ -100,24 +126,7 @@ pub fn relay_token(
     if headers.contains_key(JWT_HEADER) || !cookie_enabled {
         return Ok(None);
     }
-    let mut found = None;
-    for header in headers.get_all(COOKIE) {
-        let Ok(text) = header.to_str() else {
-            continue;
-        };
-        for pair in text.split(';') {
-            let Some((name, value)) = pair.trim().split_once('=') else {
-                continue;
-            };
-            if name == JWT_COOKIE {
-                if found.is_some() {
-                    return Err(CredentialError::DuplicateCookie);
-                }
-                found = Some(value.trim().to_owned());
-            }
-        }
-    }
-    match found {
+    match single_cookie(headers, JWT_COOKIE)? {
         Some(value) if value.is_empty() => Err(CredentialError::Malformed(JWT_COOKIE.into())),
         Some(value) => Ok(Some((TokenSource::Cookie, value))),
         None => Ok(None),
@@ -260,12 +269,12 @@ mod tests {
                     ("cookie", "CF_Authorization=b"),
                 ],
                 true,
-                Err(CredentialError::DuplicateCookie),
+                Err(CredentialError::DuplicateCookie(JWT_COOKIE.into())),
             ),
             (
                 vec![("cookie", "CF_Authorization=a; CF_Authorization=b")],
                 true,
-                Err(CredentialError::DuplicateCookie),
+                Err(CredentialError::DuplicateCookie(JWT_COOKIE.into())),
             ),
         ];
         for (pairs, cookie, expected) in cases {

@@ -138,7 +138,6 @@ async fn phases(
 ) -> Result<(Response<Body>, Decision), Refusal> {
     let config = &snapshot.config;
     let (mut parts, body) = request.into_parts();
-    let wants_html = wants_html(&parts.headers);
 
     // 1. client
     let (client_ip, relay_country) = client_address(snapshot, connection, &parts.headers)?;
@@ -167,6 +166,7 @@ async fn phases(
         host: &host,
         host_header: host_header.to_str().unwrap_or_default(),
         tls: connection.tls,
+        wants_html: wants_html(&parts.headers),
     };
     if let Some(outcome) = sign_in.serve(&path, event).await {
         return outcome;
@@ -198,8 +198,7 @@ async fn phases(
             // Two session cookies (one tossed by a sibling host) would
             // come back after signing in: refused, not a redirect loop.
             Err(refusal @ Refusal::BadCredentials(reason))
-                if reason != "credential_duplicate"
-                    && signin::should_sign_in(app, &parts, wants_html) =>
+                if reason != "credential_duplicate" && sign_in.should_sign_in(app) =>
             {
                 debug!(
                     reason = refusal.reason(),
@@ -234,7 +233,7 @@ async fn phases(
         Effect::Allow | Effect::ServiceAuth | Effect::Bypass => {}
         Effect::Block => return Err(Refusal::Forbidden("policy_block")),
         Effect::NoMatch if identity.is_none() => {
-            if signin::should_sign_in(app, &parts, wants_html) {
+            if sign_in.should_sign_in(app) {
                 return sign_in.require(app, &path, event).await;
             }
             return Err(Refusal::NoCredentials);
@@ -507,7 +506,7 @@ fn certs_response(json: String, request_id: &str) -> Response<Body> {
 }
 
 /// Whether the client is a browser (takes HTML), not an API client.
-pub(super) fn wants_html(headers: &HeaderMap) -> bool {
+fn wants_html(headers: &HeaderMap) -> bool {
     headers
         .get_all(header::ACCEPT)
         .iter()

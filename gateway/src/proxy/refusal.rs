@@ -158,7 +158,7 @@ impl Refusal {
 impl From<CredentialError> for Refusal {
     fn from(error: CredentialError) -> Self {
         Refusal::BadCredentials(match error {
-            CredentialError::Duplicate(_) | CredentialError::DuplicateCookie => {
+            CredentialError::Duplicate(_) | CredentialError::DuplicateCookie(_) => {
                 "credential_duplicate"
             }
             CredentialError::Malformed(_) => "credential_malformed",

@@ -59,6 +59,8 @@ pub struct SignIn<'a> {
     pub host_header: &'a str,
     /// Whether the connection is TLS (cookies are then `Secure`).
     pub tls: bool,
+    /// Whether the client is a browser (takes HTML).
+    pub wants_html: bool,
 }
 
 /// A `Set-Cookie` value: host-only (no `Domain`), HttpOnly, SameSite=Lax,
@@ -69,17 +71,6 @@ pub fn cookie(name: &str, value: &str, path: &str, max_age: u64, secure: bool) -
         "{name}={value}; Path={path}; Max-Age={max_age}; HttpOnly; SameSite=Lax{secure}"
     ))
     .unwrap_or_else(|_| HeaderValue::from_static(""))
-}
-
-/// Whether a refused request should be sent to sign in rather than get a
-/// 401: a browser navigating (GET or HEAD, HTML accepted) to an app with
-/// providers, carrying no API credentials.
-pub fn should_sign_in(app: &App, parts: &Parts, wants_html: bool) -> bool {
-    !app.login.is_empty()
-        && wants_html
-        && matches!(parts.method, Method::GET | Method::HEAD)
-        && !parts.headers.contains_key(credentials::JWT_HEADER)
-        && !parts.headers.contains_key(credentials::CLIENT_ID_HEADER)
 }
 
 fn redirect(location: &str) -> Result<Response<Body>, Refusal> {
@@ -150,6 +141,18 @@ fn login_url(return_to: &str, provider: Option<&str>) -> String {
 }
 
 impl SignIn<'_> {
+    /// Whether a refused request should be sent to sign in rather than get
+    /// a 401: a browser navigating (GET or HEAD, HTML accepted) to an app
+    /// with providers, carrying no API credentials.
+    pub fn should_sign_in(&self, app: &App) -> bool {
+        let parts = self.parts;
+        !app.login.is_empty()
+            && self.wants_html
+            && matches!(parts.method, Method::GET | Method::HEAD)
+            && !parts.headers.contains_key(credentials::JWT_HEADER)
+            && !parts.headers.contains_key(credentials::CLIENT_ID_HEADER)
+    }
+
     /// Serves `path` if it is a sign-in endpoint; `None` otherwise (also
     /// when no provider is configured: the path then belongs to the apps).
     pub async fn serve(
@@ -289,9 +292,11 @@ impl SignIn<'_> {
             Ok(response) => (response, Decision::Allow),
             Err(refusal) => {
                 event.reason = refusal.reason().to_owned();
-                let wants_html = super::handler::wants_html(&self.parts.headers);
                 let request_id = event.request_id.clone().unwrap_or_default();
-                (refusal.response(&request_id, wants_html), Decision::Deny)
+                (
+                    refusal.response(&request_id, self.wants_html),
+                    Decision::Deny,
+                )
             }
         };
         response.headers_mut().append(
@@ -302,7 +307,9 @@ impl SignIn<'_> {
     }
 
     async fn finish(&self, event: &mut Event) -> Result<Response<Body>, Refusal> {
-        let sealed = login_cookie(self.parts)?.ok_or(Refusal::SignInFailed("login_no_state"))?;
+        let sealed = credentials::single_cookie(&self.parts.headers, LOGIN_COOKIE)
+            .map_err(|_| Refusal::SignInFailed("login_state_duplicate"))?
+            .ok_or(Refusal::SignInFailed("login_no_state"))?;
         let state = self
             .gateway
             .sealer
@@ -429,7 +436,7 @@ impl SignIn<'_> {
                 event.email = claims.email.clone();
             }
         }
-        let mut response = if super::handler::wants_html(&self.parts.headers) {
+        let mut response = if self.wants_html {
             html(
                 StatusCode::OK,
                 format!(
@@ -454,26 +461,6 @@ impl SignIn<'_> {
         }
         Ok((response, Decision::Allow))
     }
-}
-
-/// The login cookie's value; two of them are refused (a sibling host
-/// tossing its own).
-fn login_cookie(parts: &Parts) -> Result<Option<String>, Refusal> {
-    let mut found = None;
-    for header in parts.headers.get_all(header::COOKIE) {
-        let Ok(text) = header.to_str() else {
-            continue;
-        };
-        for pair in text.split(';') {
-            if let Some((LOGIN_COOKIE, value)) = pair.trim().split_once('=') {
-                if found.is_some() {
-                    return Err(Refusal::SignInFailed("login_state_duplicate"));
-                }
-                found = Some(value.trim().to_owned());
-            }
-        }
-    }
-    Ok(found)
 }
 
 /// The audit reason of a failed code exchange or ID token.
