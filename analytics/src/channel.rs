@@ -217,7 +217,7 @@ impl AuditReceiver {
 mod tests {
     use super::*;
 
-    fn event(reason: &str) -> Event {
+    fn event(reason: &'static str) -> Event {
         Event {
             reason: reason.into(),
             ..Event::default()
@@ -272,7 +272,7 @@ mod tests {
         assert_eq!(rx.recv_many(&mut buffer, 10).await, 2);
         drop(tx);
         assert_eq!(rx.recv_many(&mut buffer, 10).await, 0);
-        let reasons: Vec<&str> = buffer.iter().map(|e| e.reason.as_str()).collect();
+        let reasons: Vec<&str> = buffer.iter().map(|e| &*e.reason).collect();
         assert_eq!(reasons, ["audit_overflow", "a", "b", "c"]);
     }
 }

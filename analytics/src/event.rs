@@ -6,9 +6,15 @@
 //! drop record, packet counts for an HTTP request). Names are stable,
 //! lowercase and SQL-friendly: they are the column names of the stored logs.
 
-use std::net::IpAddr;
+use std::{borrow::Cow, net::IpAddr};
 
 use serde::{Deserialize, Serialize};
+
+/// The value of a low-cardinality field (a dictionary column): reasons,
+/// methods, protocols, names from the configuration. Most are fixed
+/// strings, which as `Cow::Borrowed` cost no allocation on the request path
+/// and no free on the writer's thread.
+pub type Label = Cow<'static, str>;
 
 /// The layer that decided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,11 +70,11 @@ pub struct Event {
     pub decision: Option<Decision>,
     /// Machine-readable reason, e.g. `policy`, `jwt_expired`, `no_credentials`,
     /// `dropped_not_allowed`.
-    pub reason: String,
+    pub reason: Label,
     /// The application (HTTP).
-    pub app: Option<String>,
+    pub app: Option<Label>,
     /// The deciding policy, if one matched.
-    pub policy: Option<String>,
+    pub policy: Option<Label>,
     /// Index of the include rule that matched in that policy.
     pub rule: Option<u32>,
     /// Verified email of the user.
@@ -77,24 +83,24 @@ pub struct Event {
     pub subject: Option<String>,
     /// How the request authenticated: `jwt`, `cookie`, `service_token`,
     /// `gateway_session`.
-    pub auth_method: Option<String>,
+    pub auth_method: Option<Label>,
     /// Service token client id (never its secret).
-    pub token_client_id: Option<String>,
+    pub token_client_id: Option<Label>,
     /// Service token name.
-    pub token_name: Option<String>,
+    pub token_name: Option<Label>,
     /// Country of the client (token claim or trusted relay header).
-    pub country: Option<String>,
+    pub country: Option<Label>,
     /// The client address (the relay's header only from a trusted relay).
     pub client_ip: Option<IpAddr>,
     /// The TCP peer's port.
     pub client_port: Option<u16>,
     /// `HTTP/1.1`, `HTTP/2`, or for XDP `tcp`, `udp`, ...
-    pub protocol: Option<String>,
+    pub protocol: Option<Label>,
     /// HTTP method.
-    pub method: Option<String>,
+    pub method: Option<Label>,
     /// The request's normalized host name (`host`, the column, is the
     /// machine that decided).
-    pub hostname: Option<String>,
+    pub hostname: Option<Label>,
     /// Normalized path (the one policies saw and the upstream got).
     pub path: Option<String>,
     /// HTTP status sent to the client.
@@ -106,9 +112,9 @@ pub struct Event {
     /// The request id also sent to the client and the upstream.
     pub request_id: Option<String>,
     /// Issuer of the token that authenticated.
-    pub token_issuer: Option<String>,
+    pub token_issuer: Option<Label>,
     /// Key id that signed it.
-    pub key_id: Option<String>,
+    pub key_id: Option<Label>,
     /// XDP: destination port of the dropped packets.
     pub dst_port: Option<u16>,
     /// XDP: packets over the record's interval; `audit_overflow`: events

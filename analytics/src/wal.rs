@@ -77,7 +77,12 @@ impl Segment {
         self.encoder
             .write(batch)
             .map_err(StoreError::arrow("encoding a batch of", &self.path))?;
-        self.unwritten.append(self.encoder.get_mut());
+        // Usually nothing is pending: take the encoded bytes as they are.
+        if self.unwritten.is_empty() {
+            std::mem::swap(&mut self.unwritten, self.encoder.get_mut());
+        } else {
+            self.unwritten.append(self.encoder.get_mut());
+        }
         self.write_out()
     }
 
@@ -185,7 +190,7 @@ mod tests {
         for t in first..first + rows {
             builder.push(&Event {
                 time_us: t,
-                reason: format!("r{}", t % 3),
+                reason: format!("r{}", t % 3).into(),
                 ..Event::default()
             });
         }

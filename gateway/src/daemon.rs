@@ -418,7 +418,7 @@ impl XdpService {
                 time_us: Event::now_us(),
                 layer: Some(Layer::Xdp),
                 decision: Some(analytics::Decision::Deny),
-                reason: record.reason.to_owned(),
+                reason: record.reason.into(),
                 client_ip: record.source,
                 protocol: Some(protocol_name(record.protocol)),
                 dst_port: Some(record.dst_port),
@@ -450,13 +450,13 @@ impl XdpService {
     }
 }
 
-fn protocol_name(protocol: u8) -> String {
+fn protocol_name(protocol: u8) -> analytics::Label {
     match protocol {
         1 => "icmp".into(),
         6 => "tcp".into(),
         17 => "udp".into(),
         58 => "icmpv6".into(),
-        other => other.to_string(),
+        other => other.to_string().into(),
     }
 }
 

@@ -12,8 +12,8 @@ use std::{
 };
 
 use analytics::{
-    AuditSender, AuditStore, AuditWriter, Decision, Event, Layer, Recovery, Retention, Sinks,
-    StoreConfig, StoreStatus,
+    AuditSender, AuditStore, AuditWriter, Decision, Event, Label, Layer, Recovery, Retention,
+    Sinks, StoreConfig, StoreStatus,
 };
 use arrow::array::AsArray as _;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -25,7 +25,9 @@ pub const START_US: i64 = 1_795_417_200_000_000;
 /// `n` decisions over `span_us` from [`START_US`]: about a third XDP drop
 /// records from a few hundred sources, the rest HTTP requests by a few
 /// hundred users and service tokens to five apps, one in eight refused.
-/// The same seed gives the same events.
+/// The same seed gives the same events. Fixed strings (reasons, methods)
+/// are borrowed and names from the configuration owned, as the gateway
+/// makes them.
 pub fn synthetic_events(n: usize, span_us: i64, seed: u64) -> impl Iterator<Item = Event> {
     let mut rng = SmallRng::seed_from_u64(seed);
     let apps = ["wiki", "grafana", "ci", "billing", "admin"];
@@ -80,15 +82,15 @@ pub fn synthetic_events(n: usize, span_us: i64, seed: u64) -> impl Iterator<Item
             } else {
                 "policy".into()
             },
-            app: Some(app.into()),
-            policy: Some(format!("{app}-users")),
+            app: Some(owned(app)),
+            policy: Some(owned(format!("{app}-users"))),
             rule: Some(0),
             email: (!by_token).then(|| format!("user{user}@example.com")),
             subject: (!by_token).then(|| format!("sub-{user}")),
             auth_method: Some(if by_token { "service_token" } else { "jwt" }.into()),
-            token_client_id: by_token.then(|| format!("{token:032x}.access")),
-            token_name: by_token.then(|| format!("bot-{token}")),
-            country: Some(["DE", "US", "FR", "JP"][rng.random_range(0..4)].into()),
+            token_client_id: by_token.then(|| owned(format!("{token:032x}.access"))),
+            token_name: by_token.then(|| owned(format!("bot-{token}"))),
+            country: Some(owned(["DE", "US", "FR", "JP"][rng.random_range(0..4)])),
             client_ip: Some(IpAddr::V4(Ipv4Addr::new(
                 198,
                 51,
@@ -105,7 +107,7 @@ pub fn synthetic_events(n: usize, span_us: i64, seed: u64) -> impl Iterator<Item
                 }
                 .into(),
             ),
-            hostname: Some(format!("{app}.example.com")),
+            hostname: Some(owned(format!("{app}.example.com"))),
             path: Some(format!(
                 "/{}/{}",
                 ["api", "static", "ui"][rng.random_range(0..3)],
@@ -119,11 +121,17 @@ pub fn synthetic_events(n: usize, span_us: i64, seed: u64) -> impl Iterator<Item
                 rng.random::<u64>(),
                 rng.random::<u64>()
             )),
-            token_issuer: Some("https://team.cloudflareaccess.com".into()),
-            key_id: Some("key-1".into()),
+            token_issuer: Some(owned("https://team.cloudflareaccess.com")),
+            key_id: Some(owned("key-1")),
             ..Event::default()
         }
     })
+}
+
+/// A label the gateway would have copied out of its configuration or a
+/// request.
+fn owned(text: impl Into<String>) -> Label {
+    Label::Owned(text.into())
 }
 
 /// The store settings the tests write with: host `test-host`, no retention.

@@ -20,7 +20,7 @@
 
 use std::{convert::Infallible, net::IpAddr, sync::Arc, time::Instant};
 
-use analytics::{Decision, Event, Layer, Overflow, Slot};
+use analytics::{Decision, Event, Label, Layer, Overflow, Slot};
 use http::{
     HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version, header,
     request::Parts,
@@ -71,8 +71,8 @@ pub async fn handle(
         layer: Some(Layer::Http),
         client_ip: Some(connection.peer.ip().to_canonical()),
         client_port: Some(connection.peer.port()),
-        protocol: Some(format!("{:?}", request.version())),
-        method: Some(request.method().as_str().to_owned()),
+        protocol: Some(version_label(request.version())),
+        method: Some(method_label(request.method())),
         request_id: Some(request_id.clone()),
         ..Event::default()
     };
@@ -94,7 +94,7 @@ pub async fn handle(
         }
         Err(refusal) => {
             event.decision = Some(Decision::Deny);
-            event.reason = refusal.reason().to_owned();
+            event.reason = refusal.reason().into();
             refusal.response(&request_id, wants_html)
         }
     };
@@ -147,7 +147,7 @@ async fn phases(
     // Transfer-Encoding, chunk sizes) is hyper's: it refuses malformed
     // values and closes the connection after a request that had both.
     let (host, host_header) = request_host(&parts)?;
-    event.hostname = Some(host.clone());
+    event.hostname = Some(host.clone().into());
     if connection.tls
         && let Some(sni) = &connection.sni
         && *sni != host
@@ -181,7 +181,7 @@ async fn phases(
         ));
     }
     let app = snapshot.route(&host, &path).ok_or(Refusal::NoApp)?;
-    event.app = Some(app.name.clone());
+    event.app = Some(app.name.clone().into());
 
     // 5. bypass, 6. identity and policy
     let anonymous = eval::Request {
@@ -215,7 +215,7 @@ async fn phases(
             .as_ref()
             .and_then(|i| i.country.clone())
             .or(relay_country);
-        event.country = country.clone();
+        event.country = country.clone().map(Label::from);
         let evaluated = eval::evaluate(
             &app.policies,
             &eval::Request {
@@ -227,7 +227,7 @@ async fn phases(
         );
         (identity, evaluated)
     };
-    event.policy = decision.policy.map(str::to_owned);
+    event.policy = decision.policy.map(|p| p.to_owned().into());
     event.rule = decision.include.and_then(|i| u32::try_from(i).ok());
     match decision.effect {
         Effect::Allow | Effect::ServiceAuth | Effect::Bypass => {}
@@ -475,17 +475,40 @@ fn upstream_uri(app: &App, path: &str, query: Option<&str>) -> Result<Uri, Refus
 }
 
 fn record_identity(event: &mut Event, identity: &Identity) {
-    event.auth_method = Some(identity.method.to_owned());
+    event.auth_method = Some(identity.method.into());
     if let Some(user) = &identity.user {
         event.email = user.email.clone();
         event.subject = Some(user.subject.clone());
     }
     if let Some(token) = &identity.service_token {
-        event.token_client_id = Some(token.client_id.clone());
-        event.token_name = Some(token.name.clone());
+        event.token_client_id = Some(token.client_id.clone().into());
+        event.token_name = Some(token.name.clone().into());
     }
-    event.token_issuer = identity.issuer.clone();
-    event.key_id = identity.key_id.clone();
+    event.token_issuer = identity.issuer.clone().map(Label::from);
+    event.key_id = identity.key_id.clone().map(Label::from);
+}
+
+/// The protocol column's value, as `Version`'s `Debug` spells it.
+fn version_label(version: Version) -> Label {
+    Label::Borrowed(match version {
+        Version::HTTP_09 => "HTTP/0.9",
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_11 => "HTTP/1.1",
+        Version::HTTP_2 => "HTTP/2.0",
+        Version::HTTP_3 => "HTTP/3.0",
+        other => return format!("{other:?}").into(),
+    })
+}
+
+/// The method column's value; the standard methods without an allocation.
+fn method_label(method: &http::Method) -> Label {
+    const STANDARD: [&str; 9] = [
+        "GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+    ];
+    match STANDARD.into_iter().find(|name| *name == method.as_str()) {
+        Some(name) => Label::Borrowed(name),
+        None => Label::Owned(method.as_str().to_owned()),
+    }
 }
 
 fn certs_response(json: String, request_id: &str) -> Response<Body> {
@@ -566,5 +589,30 @@ mod tests {
         assert!(ids.iter().all(|id| id.len() == 32
             && id.bytes().all(|b| b.is_ascii_hexdigit())
             && id[..16] == first[..16]));
+    }
+
+    #[test]
+    fn protocol_and_method_labels_are_spelled_as_http_spells_them() {
+        for version in [
+            Version::HTTP_09,
+            Version::HTTP_10,
+            Version::HTTP_11,
+            Version::HTTP_2,
+            Version::HTTP_3,
+        ] {
+            let label = version_label(version);
+            assert!(matches!(label, Label::Borrowed(_)));
+            assert_eq!(label, format!("{version:?}"));
+        }
+        for method in [
+            "GET", "POST", "HEAD", "PUT", "DELETE", "OPTIONS", "PATCH", "CONNECT", "TRACE",
+        ] {
+            let label = method_label(&method.parse().unwrap());
+            assert!(matches!(label, Label::Borrowed(_)));
+            assert_eq!(label, method);
+        }
+        let purge = method_label(&"PURGE".parse().unwrap());
+        assert!(matches!(purge, Label::Owned(_)));
+        assert_eq!(purge, "PURGE");
     }
 }

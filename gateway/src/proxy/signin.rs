@@ -206,7 +206,7 @@ impl SignIn<'_> {
             .route(self.host, path)
             .filter(|app| !app.login.is_empty())
             .ok_or(Refusal::NoApp)?;
-        event.app = Some(app.name.clone());
+        event.app = Some(app.name.clone().into());
         event.reason = "login_required".into();
         let chosen = param(self.parts, "provider")?;
         let response = match (chosen.as_deref(), app.login.as_slice()) {
@@ -291,7 +291,7 @@ impl SignIn<'_> {
         let (mut response, decision) = match outcome {
             Ok(response) => (response, Decision::Allow),
             Err(refusal) => {
-                event.reason = refusal.reason().to_owned();
+                event.reason = refusal.reason().into();
                 let request_id = event.request_id.clone().unwrap_or_default();
                 (
                     refusal.response(&request_id, self.wants_html),
@@ -318,7 +318,7 @@ impl SignIn<'_> {
                 LoginStateError::Expired => Refusal::SignInFailed("login_expired"),
                 LoginStateError::Unreadable => Refusal::SignInFailed("login_state_invalid"),
             })?;
-        event.app = Some(state.app.clone());
+        event.app = Some(state.app.clone().into());
         let returned = param(self.parts, "state")?.unwrap_or_default();
         if !login::same_secret(&returned, &state.state) || state.host != self.host_header {
             return Err(Refusal::SignInFailed("login_state_mismatch"));
@@ -357,8 +357,8 @@ impl SignIn<'_> {
             .and_then(|e| e.as_str())
             .map(str::to_owned);
         event.auth_method = Some("oidc".into());
-        event.token_issuer = Some(claims.iss.clone());
-        event.key_id = Some(claims.key_id.clone());
+        event.token_issuer = Some(claims.iss.clone().into());
+        event.key_id = Some(claims.key_id.clone().into());
         let sessions = self
             .gateway
             .sessions
@@ -431,7 +431,7 @@ impl SignIn<'_> {
                 if let Some(jti) = claims.other.get("jti").and_then(|j| j.as_str()) {
                     sessions.revoke(jti, claims.exp, now);
                 }
-                event.app = Some(app.name.clone());
+                event.app = Some(app.name.clone().into());
                 event.subject = Some(claims.sub.clone());
                 event.email = claims.email.clone();
             }
