@@ -24,6 +24,9 @@ use crate::{
     store::{AuditStore, BATCH_ROWS, StoreStatus},
 };
 
+/// Most events taken off the channel at once.
+const RECEIVE_EVENTS: usize = 8192;
+
 /// How often a failed step is tried again.
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -109,7 +112,7 @@ async fn run(
     mut receiver: AuditReceiver,
     sync_interval: Duration,
 ) -> Result<(), StoreError> {
-    let mut events = Vec::with_capacity(BATCH_ROWS);
+    let mut events = Vec::with_capacity(RECEIVE_EVENTS);
     let mut tick = interval(sync_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -125,16 +128,16 @@ async fn run(
                 }
                 sinks.flush_jsonl();
             }
-            received = receiver.recv_many(&mut events, BATCH_ROWS) => {
+            received = receiver.recv_many(&mut events, RECEIVE_EVENTS) => {
                 if received == 0 {
                     break;
                 }
                 for event in events.drain(..) {
-                    if let Some(store) = &mut sinks.store {
-                        store.push(&event);
-                    }
                     if let Some(jsonl) = &mut sinks.jsonl {
                         jsonl.write(&event);
+                    }
+                    if let Some(store) = &mut sinks.store {
+                        store.push(event);
                     }
                 }
                 if let Some(store) = &mut sinks.store
