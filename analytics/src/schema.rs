@@ -270,17 +270,15 @@ pub struct EventBatchBuilder {
     host: String,
     columns: Columns,
     rows: usize,
-    capacity: usize,
 }
 
 impl EventBatchBuilder {
-    /// A builder for batches of about `capacity` rows from `host`.
+    /// A builder for a batch of about `capacity` rows from `host`.
     pub fn new(host: &str, capacity: usize) -> Self {
         Self {
             host: host.to_owned(),
             columns: Columns::with_capacity(capacity),
             rows: 0,
-            capacity,
         }
     }
 
@@ -290,21 +288,19 @@ impl EventBatchBuilder {
         self.rows += 1;
     }
 
-    /// Rows appended since the last [`finish`](Self::finish).
+    /// Rows appended so far.
     pub fn len(&self) -> usize {
         self.rows
     }
 
-    /// Whether no row is waiting.
+    /// Whether no row was appended.
     pub fn is_empty(&self) -> bool {
         self.rows == 0
     }
 
-    /// The rows so far as a batch; the builder starts over empty.
-    pub fn finish(&mut self) -> RecordBatch {
+    /// The rows as a batch.
+    pub fn finish(mut self) -> RecordBatch {
         let arrays = self.columns.finish(&self.host, self.rows);
-        self.columns = Columns::with_capacity(self.capacity);
-        self.rows = 0;
         RecordBatch::try_new(schema(), arrays).expect("the builders follow the schema")
     }
 }
@@ -429,7 +425,6 @@ mod tests {
         });
         assert_eq!(builder.len(), 2);
         let batch = builder.finish();
-        assert!(builder.is_empty());
         assert_eq!(batch.num_rows(), 2);
         let time = batch
             .column_by_name(TIME_COLUMN)

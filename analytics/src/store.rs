@@ -192,7 +192,6 @@ pub struct AuditStore {
     file_host: String,
     /// Events pushed, not yet in a batch, in arrival order.
     queue: Vec<Event>,
-    builder: EventBatchBuilder,
     open: Option<OpenSegment>,
     /// Rows appended to the segment but not yet fsynced.
     unsynced: u64,
@@ -237,7 +236,6 @@ impl AuditStore {
         let store = Self {
             file_host: file_name_safe(&config.host),
             queue: Vec::new(),
-            builder: EventBatchBuilder::new(&config.host, BATCH_ROWS),
             wal_dir,
             config,
             open: None,
@@ -284,11 +282,12 @@ impl AuditStore {
         // which the sort finds in about one pass.
         let mut order: Vec<u32> = (0..self.queue.len() as u32).collect();
         order.sort_by_key(|&at| self.queue[at as usize].time_us);
+        let mut builder = EventBatchBuilder::new(&self.config.host, order.len());
         for at in order {
-            self.builder.push(&self.queue[at as usize]);
+            builder.push(&self.queue[at as usize]);
         }
         self.queue.clear();
-        let batch = self.builder.finish();
+        let batch = builder.finish();
         open.rows += batch.num_rows();
         self.unsynced += batch.num_rows() as u64;
         // On failure the batch stays pending in the segment, which writes
