@@ -190,7 +190,8 @@ impl FileSet {
             }
         } else {
             // (time, batch, row) of every event, in time order.
-            let mut order: Vec<(i64, usize, usize)> = Vec::with_capacity(all_times().count());
+            let mut order: Vec<(i64, usize, usize)> =
+                Vec::with_capacity(batches.iter().map(RecordBatch::num_rows).sum());
             for (b, batch) in batches.iter().enumerate() {
                 order.extend(
                     times(batch)
