@@ -10,6 +10,20 @@ use std::{
 
 use serde_json::Value;
 
+/// The load shape both gateway benchmarks use, so their figures compare:
+/// wrk on one CPU, the server under test on the other.
+pub const LOAD_CPU: usize = 0;
+/// The CPU of the server under test.
+pub const SERVER_CPU: usize = 1;
+/// Connections of a throughput run.
+pub const CONNECTIONS: u32 = 50;
+/// Seconds of a throughput run.
+pub const SECONDS: u32 = 5;
+/// Seconds of a one-connection latency run.
+pub const LATENCY_SECONDS: u32 = 3;
+/// Runs of each case; the best (or the median by p99) is reported.
+pub const TRIES: usize = 3;
+
 /// wrk's summary as one line of JSON (`WRK {...}`), from its `done` hook.
 const REPORT_LUA: &str = r#"
 done = function(summary, latency, requests)

@@ -35,18 +35,15 @@ use gateway_tests::{
     gateway::{AUD, Harness, ISSUER, Relay},
     nginx::Nginx,
     report::{self, Row, publish},
-    wrk::{Wrk, best_rps, median_by_p99},
+    wrk::{
+        CONNECTIONS, LATENCY_SECONDS, LOAD_CPU, SECONDS, SERVER_CPU, TRIES, Wrk, best_rps,
+        median_by_p99,
+    },
 };
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, jwk::Jwk};
 use rustls::{ClientConnection, StreamOwned, pki_types::ServerName};
 use serde_json::{Value, json};
 
-const LOAD_CPU: usize = 0;
-const SERVER_CPU: usize = 1;
-const CONNECTIONS: u32 = 50;
-const SECONDS: u32 = 5;
-const TRIES: usize = 3;
-const LATENCY_SECONDS: u32 = 3;
 const IDLE_CONNECTIONS: usize = 10_000;
 /// Tokens signed for case (d), and how long it runs: enough for 30,000
 /// signature checks a second, more than one core can do.

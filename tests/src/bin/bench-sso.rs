@@ -28,16 +28,13 @@ use gateway_tests::{
     nginx::Nginx,
     report::{self, Row, publish},
     signin::{self, SignInSetup},
-    wrk::{Wrk, best_rps, median_by_p99},
+    wrk::{
+        CONNECTIONS, LATENCY_SECONDS, LOAD_CPU, SECONDS, SERVER_CPU, TRIES, Wrk, best_rps,
+        median_by_p99,
+    },
 };
 use serde_json::json;
 
-const LOAD_CPU: usize = 0;
-const SERVER_CPU: usize = 1;
-const CONNECTIONS: u32 = 50;
-const SECONDS: u32 = 5;
-const LATENCY_SECONDS: u32 = 3;
-const TRIES: usize = 3;
 const WARM_UP_SIGN_INS: usize = 10;
 const SIGN_INS: usize = 50;
 const HOST: &str = "app.test";
