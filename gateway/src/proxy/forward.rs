@@ -66,23 +66,32 @@ const MANAGED: [&str; 17] = [
 /// service-token secret, and the gateway's own.
 const MANAGED_PREFIXES: [&str; 2] = ["cf-access-", "x-gateway-"];
 
-/// A header name as the most lenient server might read it.
-fn normalized(name: &str) -> String {
-    name.bytes()
-        .map(|b| match b {
-            b'_' | b'.' => '-',
-            b => char::from(b.to_ascii_lowercase()),
-        })
-        .collect()
+/// A header-name byte as the most lenient server might read it.
+fn lenient(b: u8) -> u8 {
+    match b {
+        b'_' | b'.' => b'-',
+        b => b.to_ascii_lowercase(),
+    }
+}
+
+/// Whether `a` and `b` name the same header to the most lenient server
+/// (compared byte by byte: this runs for every header of every request).
+fn same_lenient(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(&x, &y)| lenient(x) == lenient(y))
 }
 
 /// Whether `name` (any spelling) is a header only the gateway sets.
 /// `extra` holds the configured relay headers (client IP, country).
 pub fn is_managed(name: &str, extra: &[&HeaderName]) -> bool {
-    let name = normalized(name);
-    MANAGED.contains(&name.as_str())
-        || MANAGED_PREFIXES.iter().any(|p| name.starts_with(p))
-        || extra.iter().any(|e| normalized(e.as_str()) == name)
+    let name = name.as_bytes();
+    MANAGED.iter().any(|m| same_lenient(name, m.as_bytes()))
+        || MANAGED_PREFIXES.iter().any(|p| {
+            name.get(..p.len())
+                .is_some_and(|start| same_lenient(start, p.as_bytes()))
+        })
+        || extra
+            .iter()
+            .any(|e| same_lenient(name, e.as_str().as_bytes()))
 }
 
 /// Removes hop-by-hop headers and those `Connection` names. Returns the
@@ -196,6 +205,29 @@ mod tests {
         let mut left: Vec<_> = headers.keys().map(|k| k.as_str()).collect();
         left.sort_unstable();
         assert_eq!(left, vec!["accept", "authorization"]);
+    }
+
+    #[test]
+    fn managed_names_match_in_any_case_and_only_whole() {
+        let country = HeaderName::from_static("x-country");
+        for name in [
+            "X_Forwarded_For",
+            "CF.ACCESS.Client.Secret",
+            "X.Country",
+            "Forwarded",
+        ] {
+            assert!(is_managed(name, &[&country]), "{name}");
+        }
+        for name in [
+            "x-forwarded-fo",
+            "x-forwarded-forx",
+            "cf-acces",
+            "cf",
+            "",
+            "x-countryx",
+        ] {
+            assert!(!is_managed(name, &[&country]), "{name}");
+        }
     }
 
     #[test]
