@@ -180,7 +180,10 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
     let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
     status.set_ready(true);
     notify_systemd(&[NotifyState::Ready]);
-    info!("gateway running; the XDP filter stays pinned when the daemon stops");
+    info!(
+        runtime = ?tokio::runtime::Handle::current().runtime_flavor(),
+        "gateway running; the XDP filter stays pinned when the daemon stops"
+    );
     loop {
         tokio::select! {
             _ = sigterm.recv() => break,

@@ -1,6 +1,7 @@
 //! The gateway under operational stress: key-id floods, a relay whose keys
 //! never load, key rotation at the relay, policy reloads on SIGHUP with a
-//! connection open, certificate reloads, and a dead upstream.
+//! connection open, certificate reloads, a dead upstream, and a daemon
+//! limited to one CPU (single-threaded runtime).
 
 use std::time::{Duration, Instant};
 
@@ -220,5 +221,35 @@ async fn a_dead_upstream_is_a_502_and_is_recorded() {
     let (status_code, event) = as_alice(&h).await;
     assert_eq!(status_code, 502);
     assert_eq!(event["reason"], "upstream_failed");
+    assert_eq!(event["email"], "alice@corp.example");
+}
+
+#[test]
+fn on_one_cpu_the_gateway_runs_single_threaded_and_serves_and_audits() {
+    // The daemon inherits this thread's CPU mask: one CPU.
+    gateway_tests::pin_thread_to_cpu(0);
+    let mut h = Harness::new();
+    let config = h.base_config() + &alice_only(&h);
+    h.start(&config);
+    assert!(h.log().contains("runtime=CurrentThread"), "{}", h.log());
+    let token = h.relay.user_token("alice@corp.example");
+    let response = h.raw(
+        "app.test",
+        format!(
+            "GET / HTTP/1.1\r\nhost: app.test\r\ncf-access-jwt-assertion: {token}\r\nconnection: close\r\n\r\n"
+        )
+        .as_bytes(),
+    );
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    let id = response
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("x-request-id")
+                .then(|| value.trim())
+        })
+        .expect("x-request-id");
+    let event = h.audit_event(id);
+    assert_eq!(event["decision"], "allow");
     assert_eq!(event["email"], "alice@corp.example");
 }
