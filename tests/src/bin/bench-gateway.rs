@@ -4,8 +4,8 @@
 //!
 //! One upstream for every case: nginx answering 200 `ok`. wrk (one thread)
 //! and the upstream are pinned to CPU 0; the proxy under test (nginx with
-//! one worker, or the real gateway binary, whose runtime then has one
-//! worker thread) has CPU 1 to itself, so both proxies get the same core.
+//! one worker, or the real gateway binary, whose runtime is then
+//! single-threaded) has CPU 1 to itself, so both proxies get the same core.
 //! Cases, over plain HTTP/1.1 keep-alive:
 //! (a) the upstream directly; (b) nginx proxying without any
 //! authentication; (c) the gateway with one valid relay JWT (verified once,
