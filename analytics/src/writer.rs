@@ -20,6 +20,7 @@ use tracing::{info, warn};
 use crate::{
     channel::AuditReceiver,
     error::StoreError,
+    event::Event,
     jsonl::JsonLines,
     store::{AuditStore, BATCH_ROWS, StoreStatus},
 };
@@ -118,46 +119,49 @@ async fn run(
     mut receiver: AuditReceiver,
     sync_interval: Duration,
 ) -> Result<(), StoreError> {
-    let mut events = Vec::with_capacity(RECEIVE_EVENTS);
+    // Events are received straight into the store's queue; this buffer
+    // holds them only when there is no store (JSON lines alone).
+    let mut buffer = Vec::new();
     let mut tick = interval(sync_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
-        tokio::select! {
+        let queue = receive_into(&mut sinks.store, &mut buffer);
+        let before = queue.len();
+        let received = tokio::select! {
             // The interval first: under a flood, syncs still happen on time.
             biased;
-            _ = tick.tick() => {
-                if let Some(store) = &mut sinks.store {
-                    until_done(store, AuditStore::sync, &receiver).await;
-                    if store.roll_due() {
-                        until_done(store, |s| s.roll().map(drop), &receiver).await;
-                    }
-                }
-                sinks.flush_jsonl();
-            }
-            received = receiver.recv_many(&mut events, RECEIVE_EVENTS) => {
-                if received == 0 {
-                    break;
-                }
-                for event in events.drain(..) {
-                    if let Some(jsonl) = &mut sinks.jsonl {
-                        jsonl.write(&event);
-                    }
-                    if let Some(store) = &mut sinks.store {
-                        store.push(event);
-                    }
-                }
-                if let Some(store) = &mut sinks.store
-                    && store.pending() >= BATCH_ROWS
-                {
-                    until_done(store, AuditStore::flush, &receiver).await;
-                }
-                if receiver.backlog() == 0 {
-                    sinks.flush_jsonl();
-                }
-                if received < RECEIVE_EVENTS {
-                    receiver.gather(GATHER_WINDOW).await;
+            _ = tick.tick() => None,
+            received = receiver.recv_many(queue, RECEIVE_EVENTS) => Some(received),
+        };
+        let Some(received) = received else {
+            if let Some(store) = &mut sinks.store {
+                until_done(store, AuditStore::sync, &receiver).await;
+                if store.roll_due() {
+                    until_done(store, |s| s.roll().map(drop), &receiver).await;
                 }
             }
+            sinks.flush_jsonl();
+            continue;
+        };
+        if received == 0 {
+            break;
+        }
+        if let Some(jsonl) = &mut sinks.jsonl {
+            for event in &receive_into(&mut sinks.store, &mut buffer)[before..] {
+                jsonl.write(event);
+            }
+        }
+        buffer.clear();
+        if let Some(store) = &mut sinks.store
+            && store.pending() >= BATCH_ROWS
+        {
+            until_done(store, AuditStore::flush, &receiver).await;
+        }
+        if receiver.backlog() == 0 {
+            sinks.flush_jsonl();
+        }
+        if received < RECEIVE_EVENTS {
+            receiver.gather(GATHER_WINDOW).await;
         }
     }
     sinks.flush_jsonl();
@@ -172,6 +176,18 @@ impl Sinks {
         if let Some(jsonl) = &mut self.jsonl {
             jsonl.flush();
         }
+    }
+}
+
+/// Where received events go: the store's queue, or `buffer` when there is
+/// no store.
+fn receive_into<'a>(
+    store: &'a mut Option<AuditStore>,
+    buffer: &'a mut Vec<Event>,
+) -> &'a mut Vec<Event> {
+    match store {
+        Some(store) => store.queue_mut(),
+        None => buffer,
     }
 }
 
