@@ -36,7 +36,7 @@ fn text(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Builds the daemon's package (a release build in the shared target
+/// Builds the daemon's package (its `dist` build in the shared target
 /// directory) and returns the `.deb`.
 fn build_package() -> PathBuf {
     let out = run(

@@ -1,4 +1,4 @@
-//! `cargo xtask bench NAME`: builds the benchmark in release mode (with the
+//! `cargo xtask bench NAME`: builds the benchmark optimized (with the
 //! commands it starts) and runs it as root; it writes
 //! `bench-results/NAME.json` and prints its rows.
 
@@ -19,19 +19,23 @@ const GATEWAY_PACKAGES: &[(&str, &str)] = &[
 ];
 
 pub fn run(name: &str) -> anyhow::Result<()> {
-    // Each benchmark's binary, and the commands it starts.
-    let (bins, features): (&[&str], &[&str]) = match name {
-        "xdp" => (&["bench-xdp"], &["--no-default-features"]),
+    // Each benchmark's binary and the commands it starts, and the profile:
+    // the daemon's benchmarks run it as its package ships it (`dist`).
+    let (bins, features, profile): (&[&str], &[&str], &str) = match name {
+        "xdp" => (&["bench-xdp"], &["--no-default-features"], "release"),
         "gateway" => (
             &["bench-gateway", "gateway-under-test"],
             &["--no-default-features"],
+            "dist",
         ),
         "sso" => (
             &["bench-sso", "gateway-under-test"],
             &["--no-default-features"],
+            "dist",
         ),
-        // The SQL engine (DataFusion) only for this one.
-        "audit" => (&["bench-audit", "analytics-under-test"], &[]),
+        // The SQL engine (DataFusion) only for this one; its writer
+        // ingests as fast in `release` as in `dist`.
+        "audit" => (&["bench-audit", "analytics-under-test"], &[], "release"),
         other => bail!("unknown benchmark `{other}`; known: xdp, gateway, sso, audit"),
     };
     require_root("the benchmarks load XDP programs, build network namespaces and pin processes")?;
@@ -42,14 +46,21 @@ pub fn run(name: &str) -> anyhow::Result<()> {
     let mut build = cargo();
     build
         .current_dir(root)
-        .args(["build", "--release", "--locked", "-p", "gateway-tests"])
+        .args([
+            "build",
+            "--profile",
+            profile,
+            "--locked",
+            "-p",
+            "gateway-tests",
+        ])
         .args(features);
     for bin in bins {
         build.args(["--bin", bin]);
     }
     exec(&mut build)?;
     exec(
-        Command::new(root.join("target/release").join(bins[0]))
+        Command::new(root.join("target").join(profile).join(bins[0]))
             .current_dir(root)
             .arg("bench-results"),
     )

@@ -21,16 +21,19 @@ pub fn run(root: &Path, daemon_only: bool) -> anyhow::Result<()> {
     let out_dir = root.join("target/debian");
     std::fs::create_dir_all(&out_dir)
         .with_context(|| format!("cannot create {}", out_dir.display()))?;
-    let crates: &[&str] = if daemon_only {
-        &["gateway"]
+    // (crate, profile): the daemon optimized as one program (see `dist`
+    // in Cargo.toml), the query tool as `release` builds it.
+    let crates: &[(&str, &str)] = if daemon_only {
+        &[("gateway", "dist")]
     } else {
-        &["gateway", "analytics-cli"]
+        &[("gateway", "dist"), ("analytics-cli", "release")]
     };
-    for krate in crates {
+    for (krate, profile) in crates {
         exec(
             cargo()
                 .current_dir(root)
-                .args(["deb", "--locked", "-p", krate, "--output"])
+                .args(["deb", "--locked", "--profile", profile, "-p", krate])
+                .arg("--output")
                 .arg(&out_dir),
         )
         .with_context(|| format!("cargo deb -p {krate} failed"))?;
