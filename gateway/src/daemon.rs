@@ -595,7 +595,7 @@ async fn reload(
 /// large aligned regions (and asks for huge pages on them); with THP each
 /// first touch of a small per-connection allocation can fault in 2 MiB:
 /// 10,000 idle connections held 324 MiB with THP, 196 MiB without.
-pub fn disable_transparent_huge_pages() -> std::io::Result<()> {
+fn disable_transparent_huge_pages() -> std::io::Result<()> {
     // SAFETY: PR_SET_THP_DISABLE takes integer arguments only.
     if unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } != 0 {
         return Err(std::io::Error::last_os_error());

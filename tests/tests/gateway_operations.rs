@@ -224,32 +224,17 @@ async fn a_dead_upstream_is_a_502_and_is_recorded() {
     assert_eq!(event["email"], "alice@corp.example");
 }
 
-#[test]
-fn on_one_cpu_the_gateway_runs_single_threaded_and_serves_and_audits() {
-    // The daemon inherits this thread's CPU mask: one CPU.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_one_cpu_the_gateway_runs_single_threaded_and_serves_and_audits() {
+    // The test body runs on this thread, and the daemon started from it
+    // inherits its CPU mask: one CPU.
     gateway_tests::pin_thread_to_cpu(0);
     let mut h = Harness::new();
     let config = h.base_config() + &alice_only(&h);
     h.start(&config);
     assert!(h.log().contains("runtime=CurrentThread"), "{}", h.log());
-    let token = h.relay.user_token("alice@corp.example");
-    let response = h.raw(
-        "app.test",
-        format!(
-            "GET / HTTP/1.1\r\nhost: app.test\r\ncf-access-jwt-assertion: {token}\r\nconnection: close\r\n\r\n"
-        )
-        .as_bytes(),
-    );
-    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-    let id = response
-        .lines()
-        .find_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("x-request-id")
-                .then(|| value.trim())
-        })
-        .expect("x-request-id");
-    let event = h.audit_event(id);
+    let (status, event) = as_alice(&h).await;
+    assert_eq!(status, 200);
     assert_eq!(event["decision"], "allow");
     assert_eq!(event["email"], "alice@corp.example");
 }
