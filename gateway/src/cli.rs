@@ -137,6 +137,8 @@ const EX_USAGE: u8 = 64;
 
 /// Parses the command line, runs the command, maps the outcome to an exit code.
 pub fn main() -> ExitCode {
+    // Before anything signs or checks a token.
+    crate::jwt::crypto::install();
     let cli = Cli::parse();
     init_tracing(cli.log_format);
     match run(cli) {

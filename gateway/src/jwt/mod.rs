@@ -16,9 +16,11 @@
 //! The certs document is Cloudflare's `/cdn-cgi/access/certs` shape: `keys`
 //! holds JWKs (used here); `public_cert` / `public_certs` hold the same keys
 //! as PEM certificates and are not needed. [`certs`] fetches and refreshes it;
-//! [`verified`] remembers tokens already checked.
+//! [`verified`] remembers tokens already checked; [`crypto`] keeps the keys
+//! parsed for the signature checks.
 
 pub mod certs;
+pub mod crypto;
 pub mod verified;
 
 use std::collections::{BTreeMap, HashMap};
