@@ -31,7 +31,7 @@ pub mod upload;
 pub mod wal;
 pub mod writer;
 
-use std::path::Path;
+use std::{path::Path, sync::Mutex};
 
 pub use channel::{AuditMonitor, AuditReceiver, AuditSender, Overflow, Refused, Slot, channel};
 pub use error::StoreError;
@@ -63,4 +63,19 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// The error a background task is stuck on, for status reporting: set
+/// when it fails, cleared when it recovers.
+#[derive(Debug, Default)]
+struct ErrorSlot(Mutex<Option<String>>);
+
+impl ErrorSlot {
+    fn get(&self) -> Option<String> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, error: Option<String>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = error;
+    }
 }

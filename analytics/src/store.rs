@@ -26,7 +26,7 @@
 use std::{
     path::{Path, PathBuf},
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicI64, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -36,6 +36,7 @@ use arrow::array::RecordBatch;
 use tracing::warn;
 
 use crate::{
+    ErrorSlot,
     error::StoreError,
     event::Event,
     files::{self, FileSet, Retention},
@@ -97,7 +98,7 @@ pub struct StoreStatus {
     files_written: AtomicU64,
     last_sync_us: AtomicI64,
     last_file_us: AtomicI64,
-    error: Mutex<Option<String>>,
+    error: ErrorSlot,
 }
 
 impl StoreStatus {
@@ -123,11 +124,11 @@ impl StoreStatus {
 
     /// The error the writer is stuck on, if it is.
     pub fn error(&self) -> Option<String> {
-        self.error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.error.get()
     }
 
     pub(crate) fn set_error(&self, error: Option<String>) {
-        *self.error.lock().unwrap_or_else(|e| e.into_inner()) = error;
+        self.error.set(error);
     }
 }
 

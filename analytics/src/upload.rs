@@ -24,7 +24,7 @@ use std::{
     io::{BufRead as _, BufReader, Write as _},
     path::{Path, PathBuf},
     sync::{
-        Arc, Mutex,
+        Arc,
         atomic::{AtomicI64, AtomicU64, Ordering},
     },
     time::Duration,
@@ -38,7 +38,7 @@ use tokio::{io::AsyncReadExt as _, sync::oneshot, task::JoinHandle};
 use tracing::{info, warn};
 use url::Url;
 
-use crate::{Event, files};
+use crate::{ErrorSlot, Event, files};
 
 /// The record of uploaded files, under the store's root.
 pub const RECORD: &str = ".uploaded";
@@ -198,7 +198,7 @@ pub struct UploadStatus {
     uploaded: AtomicU64,
     pending: AtomicU64,
     last_upload_us: AtomicI64,
-    error: Mutex<Option<String>>,
+    error: ErrorSlot,
 }
 
 impl UploadStatus {
@@ -219,11 +219,11 @@ impl UploadStatus {
 
     /// Why the last pass failed, until a pass succeeds.
     pub fn error(&self) -> Option<String> {
-        self.error.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.error.get()
     }
 
     fn set_error(&self, error: Option<String>) {
-        *self.error.lock().unwrap_or_else(|e| e.into_inner()) = error;
+        self.error.set(error);
     }
 }
 
