@@ -156,61 +156,31 @@ impl JwtVerifier for ParsedVerifier {
 
 #[cfg(test)]
 mod tests {
-    use aws_lc_rs::{
-        rand::SystemRandom,
-        rsa::KeySize,
-        signature::{
-            ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair, Ed25519KeyPair, KeyPair,
-            RSA_PKCS1_SHA256, RsaKeyPair,
-        },
-    };
     use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 
     use super::*;
+    use crate::jwt::tests::{Signer, ec, ed, rsa};
 
     const MESSAGE: &[u8] = b"header.claims";
 
-    fn b64(bytes: &[u8]) -> String {
-        URL_SAFE_NO_PAD.encode(bytes)
-    }
-
-    fn ed25519() -> (DecodingKey, Vec<u8>) {
-        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).expect("key");
-        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).expect("key");
-        let key = DecodingKey::from_ed_components(&b64(pair.public_key().as_ref())).expect("key");
-        (key, pair.sign(MESSAGE).as_ref().to_vec())
-    }
-
-    /// One key of each algorithm, as the key sets load them (JWK
-    /// components), with a signature of [`MESSAGE`].
-    fn keys() -> Vec<(Algorithm, DecodingKey, Vec<u8>)> {
-        let rng = SystemRandom::new();
-        let rsa = RsaKeyPair::generate(KeySize::Rsa2048).expect("key");
-        let mut rsa_signature = vec![0; rsa.public_modulus_len()];
-        rsa.sign(&RSA_PKCS1_SHA256, &rng, MESSAGE, &mut rsa_signature)
-            .expect("sign");
-        let components: PublicKeyComponents<Vec<u8>> = rsa.public_key().into();
-        let rsa_key = DecodingKey::from_rsa_components(&b64(&components.n), &b64(&components.e))
-            .expect("key");
-        let pkcs8 =
-            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).expect("key");
-        let ec = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
-            .expect("key");
-        let point = ec.public_key().as_ref();
-        let ec_key =
-            DecodingKey::from_ec_components(&b64(&point[1..33]), &b64(&point[33..])).expect("key");
-        let ec_signature = ec.sign(&rng, MESSAGE).expect("sign").as_ref().to_vec();
-        let (ed_key, ed_signature) = ed25519();
-        vec![
-            (Algorithm::RS256, rsa_key, rsa_signature),
-            (Algorithm::ES256, ec_key, ec_signature),
-            (Algorithm::EdDSA, ed_key, ed_signature),
-        ]
+    /// `signer`'s public key as the key sets load it (from its JWK), and
+    /// its signature of [`MESSAGE`].
+    fn loaded(signer: &Signer) -> (DecodingKey, Vec<u8>) {
+        let jwk = serde_json::from_value(signer.jwk.clone()).expect("JWK");
+        let key = DecodingKey::from_jwk(&jwk).expect("key");
+        let signature = jsonwebtoken::crypto::sign(MESSAGE, &signer.key, signer.alg).expect("sign");
+        (key, URL_SAFE_NO_PAD.decode(signature).expect("base64"))
     }
 
     #[test]
     fn parsed_keys_verify_what_their_algorithm_signed_and_nothing_else() {
-        let keys = keys();
+        let keys: Vec<_> = [rsa(), ec(), ed()]
+            .iter()
+            .map(|signer| {
+                let (key, signature) = loaded(signer);
+                (signer.alg, key, signature)
+            })
+            .collect();
         for (algorithm, key, signature) in &keys {
             let check = verifier(algorithm, key).expect("verifier");
             assert_eq!(check.algorithm(), *algorithm);
@@ -236,12 +206,12 @@ mod tests {
 
     #[test]
     fn a_key_is_parsed_once_and_the_table_stays_bounded() {
-        let (key, _) = ed25519();
+        let (key, _) = loaded(&ed());
         let first = parsed(Algorithm::EdDSA, &ED25519, &key).expect("parse");
         let again = parsed(Algorithm::EdDSA, &ED25519, &key).expect("parse");
         assert!(Arc::ptr_eq(&first, &again));
         for _ in 0..=MAX_KEYS {
-            parsed(Algorithm::EdDSA, &ED25519, &ed25519().0).expect("parse");
+            parsed(Algorithm::EdDSA, &ED25519, &loaded(&ed()).0).expect("parse");
         }
         let table = PARSED.lock().unwrap_or_else(PoisonError::into_inner);
         assert!(table.as_ref().expect("table").len() <= MAX_KEYS);

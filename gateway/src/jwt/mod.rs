@@ -305,18 +305,20 @@ mod tests {
     const ISS: &str = "https://team.cloudflareaccess.example";
     const AUD: &str = "aud-tag-1";
 
-    fn b64(bytes: &[u8]) -> String {
+    pub(super) fn b64(bytes: &[u8]) -> String {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
     }
 
-    struct Signer {
+    /// A key of each algorithm the gateway pins, for the tests of this
+    /// module and of [`super::crypto`].
+    pub(super) struct Signer {
         kid: &'static str,
-        alg: Algorithm,
-        key: EncodingKey,
-        jwk: serde_json::Value,
+        pub(super) alg: Algorithm,
+        pub(super) key: EncodingKey,
+        pub(super) jwk: serde_json::Value,
     }
 
-    fn rsa() -> Signer {
+    pub(super) fn rsa() -> Signer {
         // A throwaway 2048-bit key made for these tests (PKCS#1 DER) and its
         // modulus, base64url.
         let der = include_bytes!("../../testdata/rsa-test-key.der");
@@ -329,7 +331,7 @@ mod tests {
         }
     }
 
-    fn ec() -> Signer {
+    pub(super) fn ec() -> Signer {
         let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let public = pair.public_key_raw();
         Signer {
@@ -340,7 +342,7 @@ mod tests {
         }
     }
 
-    fn ed() -> Signer {
+    pub(super) fn ed() -> Signer {
         let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
         Signer {
             kid: "ed-1",
