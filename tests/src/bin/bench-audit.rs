@@ -254,14 +254,19 @@ fn ingest(sink: &str, dir: &Path) -> Value {
     gateway_tests::pin_thread_to_cpu(SENDER_CPU);
 
     let started = Instant::now();
-    for event in pool.iter().cycle().take(INGEST_EVENTS) {
+    for (i, event) in pool.iter().cycle().take(INGEST_EVENTS).enumerate() {
+        // As the gateway sends them: one event a microsecond, each stamped
+        // with its request's start and sent when the response starts, so
+        // events arrive out of time order by up to their latency (50 ms).
+        let mut event = event.clone();
+        event.time_us = audit::START_US + i as i64 - event.latency_us.unwrap_or(0) as i64;
         let slot = loop {
             match sender.reserve(Overflow::FailClosed) {
                 Ok(slot) => break slot,
                 Err(_) => std::thread::yield_now(),
             }
         };
-        slot.send(event.clone());
+        slot.send(event);
     }
     drop(sender);
     tokio::runtime::Builder::new_current_thread()
