@@ -178,7 +178,7 @@ impl FileSet {
     pub fn append(&mut self, batches: &[RecordBatch]) -> Result<(), StoreError> {
         let all_times = || batches.iter().flat_map(|batch| times(batch).iter());
         if all_times().is_sorted() {
-            // In order already (the store sorts each batch): no copy.
+            // In order already (events that arrived in time order): no copy.
             for batch in batches {
                 let times = times(batch);
                 let mut start = 0;

@@ -170,8 +170,17 @@ fn a_full_disk_stops_the_writer_without_loss_or_damage_and_it_resumes() {
     wait_for("the writer to recover", || {
         status.error().is_none() && status.durable_events() == next
     });
-    send(&sender, &mut next, 5_000, || false);
-    wait_for("the new events to be synced", || {
+    // Send until the segment the recovery filled rolls over its size, so
+    // the events below start a segment far from its own limit.
+    let rolled = status.files_written();
+    while status.files_written() == rolled {
+        send(&sender, &mut next, 1_000, || false);
+        wait_for("the new events to be synced", || {
+            status.durable_events() == next
+        });
+    }
+    send(&sender, &mut next, 100, || false);
+    wait_for("the last events to be synced", || {
         status.durable_events() == next
     });
 
