@@ -204,7 +204,13 @@ impl Writer {
 /// The `request_id` of every event in the Parquet files under `dir`
 /// (tests number their events there).
 pub fn request_ids(dir: &Path) -> Vec<String> {
-    let mut ids = Vec::new();
+    string_column(dir, "request_id")
+}
+
+/// Every non-null value of the string column `name` in the Parquet files
+/// under `dir`, file by file.
+pub fn string_column(dir: &Path, name: &str) -> Vec<String> {
+    let mut values = Vec::new();
     for path in analytics::files::list(dir) {
         let file = std::fs::File::open(&path).expect("open a Parquet file");
         let reader = ParquetRecordBatchReaderBuilder::try_new(file)
@@ -212,8 +218,10 @@ pub fn request_ids(dir: &Path) -> Vec<String> {
             .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         for batch in reader {
             let batch = batch.unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-            let column = batch.column_by_name("request_id").expect("request_id");
-            ids.extend(
+            let column = batch.column_by_name(name).expect(name);
+            let column = arrow::compute::cast(column, &arrow::datatypes::DataType::Utf8)
+                .unwrap_or_else(|e| panic!("{name} as text: {e}"));
+            values.extend(
                 column
                     .as_string::<i32>()
                     .iter()
@@ -222,7 +230,7 @@ pub fn request_ids(dir: &Path) -> Vec<String> {
             );
         }
     }
-    ids
+    values
 }
 
 /// Path of the `analytics` command built for the tests (beside the test
