@@ -16,7 +16,7 @@ use prometheus_client::{
         MetricType,
         counter::{ConstCounter, Counter},
         family::Family,
-        gauge::ConstGauge,
+        gauge::{ConstGauge, Gauge},
         histogram::{Histogram, exponential_buckets},
         info::Info,
     },
@@ -54,6 +54,10 @@ pub struct HttpMetrics {
     requests: Family<RequestLabels, Counter>,
     latency: Family<AppLabel, Histogram>,
     provider: Family<ProviderLabel, Histogram>,
+    /// Client connections open on the HTTP listeners.
+    pub connections: Gauge,
+    /// Of those, idle HTTP/1 connections parked without hyper's buffers.
+    pub parked: Gauge,
 }
 
 impl Default for HttpMetrics {
@@ -62,6 +66,8 @@ impl Default for HttpMetrics {
             requests: Family::default(),
             latency: Family::new_with_constructor(duration_histogram),
             provider: Family::new_with_constructor(duration_histogram),
+            connections: Gauge::default(),
+            parked: Gauge::default(),
         }
     }
 }
@@ -294,6 +300,18 @@ impl Collector for StatusCollector {
                     "Time sign-in callbacks waited on the identity provider, by provider.",
                     None,
                     metrics.provider.metric_type(),
+                )?)?;
+                metrics.connections.encode(e.encode_descriptor(
+                    "gateway_http_connections",
+                    "Client connections open on the HTTP listeners.",
+                    None,
+                    metrics.connections.metric_type(),
+                )?)?;
+                metrics.parked.encode(e.encode_descriptor(
+                    "gateway_http_connections_parked",
+                    "Idle HTTP/1 keep-alive connections waiting without request buffers.",
+                    None,
+                    metrics.parked.metric_type(),
                 )?)?;
             }
             gauge(

@@ -1,19 +1,22 @@
-//! Sockets and connections: TLS handshakes (with a deadline), HTTP/1.1 and
-//! HTTP/2 on one port (ALPN, or the HTTP/2 preface on plain listeners),
-//! limits on request heads, and graceful draining at shutdown.
+//! Sockets and connections: accept loops, TLS handshakes (with a
+//! deadline), and graceful draining at shutdown. Serving a connection's
+//! requests is [`super::serve`]'s.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use hyper::service::service_fn;
-use hyper_util::{
-    rt::{TokioExecutor, TokioIo, TokioTimer},
-    server::{conn::auto, graceful::GracefulShutdown},
+use tokio::{
+    net::TcpListener,
+    sync::{mpsc, watch},
 };
-use tokio::{net::TcpListener, sync::watch};
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
-use super::{Gateway, ProxyError, handler, tls::ReloadingCert};
+use super::{
+    Gateway, ProxyError, handler,
+    serve::{self, Activity, Protocol, Settings, Transport},
+    tls::ReloadingCert,
+};
 use crate::{config::HttpConfig, error_chain};
 
 /// What a connection knows about itself, for the handler.
@@ -99,7 +102,7 @@ impl Listeners {
     /// Starts the accept loops, plus the certificate reload timer.
     pub fn spawn(&mut self, gateway: &Arc<Gateway>, tasks: &mut tokio::task::JoinSet<()>) {
         let config = &gateway.snapshot.load().config;
-        let builder = Arc::new(connection_builder(config));
+        let settings = Arc::new(Settings::new(config));
         let header_timeout = config.header_timeout;
         let cert_reload = config.cert_reload;
         for bound in self.bound.drain(..) {
@@ -108,7 +111,7 @@ impl Listeners {
             tasks.spawn(accept_loop(
                 bound,
                 gateway.clone(),
-                builder.clone(),
+                settings.clone(),
                 header_timeout,
                 self.stop.subscribe(),
                 done_tx,
@@ -157,35 +160,17 @@ fn reload_certs(certs: &[Arc<ReloadingCert>]) {
     }
 }
 
-fn connection_builder(config: &HttpConfig) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(config.header_timeout)
-        .max_headers(config.max_headers)
-        // hyper's floor for the read buffer is 8 KiB.
-        .max_buf_size(config.max_header_bytes.max(8192))
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(config.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(20));
-    builder
-}
-
 async fn accept_loop(
     bound: Bound,
     gateway: Arc<Gateway>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    settings: Arc<Settings>,
     handshake_timeout: Duration,
     mut stop: watch::Receiver<bool>,
     done: tokio::sync::oneshot::Sender<()>,
 ) {
-    let graceful = GracefulShutdown::new();
+    // Every connection task holds a sender: the drain is over when the
+    // receiver sees none left.
+    let (open, mut all_closed) = mpsc::channel::<()>(1);
     let local = bound.socket.local_addr().ok();
     loop {
         let (stream, peer) = tokio::select! {
@@ -203,9 +188,9 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let Some(local) = local else { continue };
         let gateway = gateway.clone();
-        let builder = builder.clone();
+        let settings = settings.clone();
         let tls = bound.tls.as_ref().map(|(acceptor, _)| acceptor.clone());
-        let watcher = graceful.watcher();
+        let (open, stop) = (open.clone(), stop.clone());
         // One task type per kind of listener: a task's size is that of its
         // largest state, and plain connections need not carry TLS's.
         match tls {
@@ -217,18 +202,30 @@ async fn accept_loop(
                     sni: None,
                 };
                 tokio::spawn(async move {
-                    serve(&builder, watcher, TokioIo::new(stream), gateway, connection).await;
+                    let _open = open;
+                    serve(
+                        &settings,
+                        stream,
+                        Protocol::Sniff,
+                        gateway,
+                        connection,
+                        stop,
+                    )
+                    .await;
                 });
             }
             Some(acceptor) => {
                 tokio::spawn(async move {
+                    let _open = open;
+                    // Boxed, the handshake's and the session's state take
+                    // no room in the task of every idle connection.
                     let stream = match tokio::time::timeout(
                         handshake_timeout,
-                        acceptor.accept(stream),
+                        Box::pin(acceptor.accept(stream)),
                     )
                     .await
                     {
-                        Ok(Ok(stream)) => stream,
+                        Ok(Ok(stream)) => Box::new(stream),
                         Ok(Err(e)) => {
                             debug!(%peer, error = %e, "TLS handshake failed");
                             return;
@@ -238,49 +235,59 @@ async fn accept_loop(
                             return;
                         }
                     };
-                    let sni = stream
-                        .get_ref()
-                        .1
-                        .server_name()
-                        .map(str::to_ascii_lowercase);
+                    let session = stream.get_ref().1;
+                    let sni = session.server_name().map(str::to_ascii_lowercase);
+                    let protocol = match session.alpn_protocol() {
+                        Some(b"h2") => Protocol::Http2,
+                        Some(_) => Protocol::Http1,
+                        None => Protocol::Sniff,
+                    };
                     let connection = Connection {
                         peer,
                         local,
                         tls: true,
                         sni,
                     };
-                    serve(&builder, watcher, TokioIo::new(stream), gateway, connection).await;
+                    serve(&settings, stream, protocol, gateway, connection, stop).await;
                 });
             }
         }
     }
     drop(bound);
-    graceful.shutdown().await;
+    drop(open);
+    let _ = all_closed.recv().await;
     let _ = done.send(());
 }
 
-async fn serve<I>(
-    builder: &auto::Builder<TokioExecutor>,
-    watcher: hyper_util::server::graceful::Watcher,
-    io: TokioIo<I>,
+async fn serve<T: Transport>(
+    settings: &Settings,
+    stream: T,
+    protocol: Protocol,
     gateway: Arc<Gateway>,
     connection: Connection,
-) where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
+    stop: watch::Receiver<bool>,
+) {
     let connection = Arc::new(connection);
     let peer = connection.peer;
+    let activity = Arc::new(Activity::default());
+    let requests = activity.clone();
+    let connections = gateway.metrics.connections.clone();
+    let parked = gateway.metrics.parked.clone();
     // Boxed per request: hyper keeps room for one response future on every
     // connection, idle ones included, so a box keeps that room small.
     let service = service_fn(move |request| {
-        Box::pin(handler::handle(
-            gateway.clone(),
-            connection.clone(),
-            request,
-        ))
+        let in_flight = requests.request();
+        let response = handler::handle(gateway.clone(), connection.clone(), request);
+        Box::pin(async move {
+            let response = response.await;
+            drop(in_flight);
+            response
+        })
     });
-    let conn = builder.serve_connection_with_upgrades(io, service);
-    if let Err(e) = watcher.watch(conn.into_owned()).await {
+    connections.inc();
+    if let Err(e) = serve::serve(settings, stream, protocol, service, activity, &parked, stop).await
+    {
         debug!(%peer, error = %e, "connection ended with an error");
     }
+    connections.dec();
 }

@@ -4,7 +4,9 @@
 //! # Layout
 //! - this module: the shared state ([`Gateway`]), what SIGHUP swaps
 //!   ([`Snapshot`]), and the running server ([`Server`]);
-//! - [`listener`]: sockets, TLS handshakes, HTTP/1.1 and HTTP/2 connections;
+//! - [`listener`]: sockets, TLS handshakes, draining at shutdown;
+//! - [`serve`]: HTTP/1.1 and HTTP/2 on one connection, idle HTTP/1
+//!   keep-alive connections parked without hyper's buffers;
 //! - [`tls`]: certificates reloaded from their files;
 //! - [`request`]: host and path normalization (pure);
 //! - [`handler`]: the phases of one request, from framing checks to the
@@ -20,6 +22,7 @@ pub mod identity;
 pub mod listener;
 pub mod refusal;
 pub mod request;
+pub mod serve;
 pub mod signin;
 pub mod tls;
 

@@ -19,7 +19,8 @@
 //! measured with one connection (no queueing: the time a request spends in
 //! the proxy), median of three 3 s runs. Memory: the gateway's peak RSS
 //! after the load, and its RSS holding 10,000 idle keep-alive connections
-//! that have each made one request, plain and TLS. Every response must be a
+//! that have each made one request, plain and TLS, once the last one has
+//! been idle long enough to be parked (`PARK_AFTER` × 2 plus 0.5 s). Every response must be a
 //! 200: a run with errors or other statuses fails the benchmark.
 
 use std::{
@@ -190,6 +191,8 @@ fn hold_idle<S: Read + Write>(pid: u32, request: &[u8], mut open: impl FnMut() -
         one_request(&mut stream, request);
         held.push(stream);
     }
+    // Idle for longer than the gateway takes to park a quiet connection.
+    std::thread::sleep(2 * gateway::proxy::serve::PARK_AFTER);
     settle();
     gateway_tests::process_memory(pid, "VmRSS")
 }
