@@ -193,10 +193,13 @@ where
         activity: activity.clone(),
     };
     if http2 {
-        let conn = settings
-            .http2
-            .serve_connection(TokioIo::new(stream), service);
-        let mut conn = std::pin::pin!(conn);
+        // Boxed: on the stack, HTTP/2's state would size the task of every
+        // connection, HTTP/1 ones included.
+        let mut conn = Box::pin(
+            settings
+                .http2
+                .serve_connection(TokioIo::new(stream), service),
+        );
         let mut stopping = false;
         loop {
             tokio::select! {
