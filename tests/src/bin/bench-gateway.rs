@@ -20,8 +20,9 @@
 //! the proxy), median of three 3 s runs. Memory: the gateway's peak RSS
 //! after the load, and its RSS holding 10,000 idle keep-alive connections
 //! that have each made one request, plain and TLS, once the last one has
-//! been idle long enough to be parked (`PARK_AFTER` × 2 plus 0.5 s). Every response must be a
-//! 200: a run with errors or other statuses fails the benchmark.
+//! been idle long enough to be parked (`PARK_AFTER` × 2 plus 0.5 s). Every
+//! response must be a 200: a run with errors or other statuses fails the
+//! benchmark.
 
 use std::{
     io::{Read, Write},
@@ -154,12 +155,28 @@ fn one_request(stream: &mut (impl Read + Write), request: &[u8]) {
 /// Opens `IDLE_CONNECTIONS` keep-alive connections to `addr` (TLS when
 /// `tls` is given), each making one request, and returns `pid`'s RSS while
 /// they are all open and idle.
+/// RSS of a process holding idle connections, and just before they were
+/// opened.
+struct IdleRss {
+    holding: f64,
+    before: f64,
+}
+
+impl IdleRss {
+    /// What one connection adds, KiB (the allocator's and the audit
+    /// writer's swings included, so a rough figure).
+    fn per_connection_kib(&self) -> f64 {
+        (self.holding - self.before) / IDLE_CONNECTIONS as f64 / 1024.0
+    }
+}
+
 fn idle_rss(
     pid: u32,
     addr: SocketAddr,
     request: &[u8],
     tls: Option<Arc<rustls::ClientConfig>>,
-) -> f64 {
+) -> IdleRss {
+    let before = gateway_tests::process_memory(pid, "VmRSS");
     let connect = || {
         let tcp = TcpStream::connect(addr).expect("connect");
         tcp.set_read_timeout(Some(Duration::from_secs(10)))
@@ -179,7 +196,10 @@ fn idle_rss(
     };
     // The connections were dropped (closed) above; let the server notice.
     settle();
-    rss
+    IdleRss {
+        holding: rss,
+        before,
+    }
 }
 
 /// Holds `IDLE_CONNECTIONS` streams from `open`, each after one request,
@@ -326,6 +346,18 @@ include = [{{ email_domain = "corp.example" }}]
     let tls_config = Arc::new(harness.ca.client_config(&[b"http/1.1"]));
     let idle_tls = idle_rss(pid, harness.https_addr(), &request, Some(tls_config));
     let nginx_idle = idle_rss(nginx.worker_pid(), nginx.addr, &request, None);
+    for (name, idle) in [
+        ("plain", &idle_plain),
+        ("TLS", &idle_tls),
+        ("nginx, plain", &nginx_idle),
+    ] {
+        notes.push(format!(
+            "10k idle {name}: {:.1} MiB, {:.1} MiB just before: {:.1} KiB a connection",
+            idle.holding / MIB,
+            idle.before / MIB,
+            idle.per_connection_kib()
+        ));
+    }
 
     // Every request the gateway answered was audited: at least every
     // response wrk counted, at most those plus the ones in flight when each
@@ -418,12 +450,12 @@ include = [{{ email_domain = "corp.example" }}]
         ),
         (
             "RSS with 10k idle keep-alive connections (plain HTTP)",
-            idle_plain,
-            format!("nginx worker {:.1} MiB", nginx_idle / MIB),
+            idle_plain.holding,
+            format!("nginx worker {:.1} MiB", nginx_idle.holding / MIB),
         ),
         (
             "RSS with 10k idle keep-alive connections (TLS)",
-            idle_tls,
+            idle_tls.holding,
             String::new(),
         ),
     ] {
