@@ -74,6 +74,26 @@ impl<T: Transport> Transport for Box<T> {
     }
 }
 
+/// What both protocols need of the request handler (one service per
+/// connection, cloned for each hyper connection on it).
+pub trait Handler:
+    HttpService<Incoming, ResBody = Body, Error = Infallible, Future: Send + 'static>
+    + Clone
+    + Unpin
+    + Send
+    + 'static
+{
+}
+
+impl<S> Handler for S where
+    S: HttpService<Incoming, ResBody = Body, Error = Infallible, Future: Send + 'static>
+        + Clone
+        + Unpin
+        + Send
+        + 'static
+{
+}
+
 /// Which protocol a connection speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
@@ -172,8 +192,7 @@ pub async fn serve<T, S>(
 ) -> Result<(), hyper::Error>
 where
     T: Transport,
-    S: HttpService<Incoming, ResBody = Body, Error = Infallible> + Clone + Unpin + Send + 'static,
-    S::Future: Send + 'static,
+    S: Handler,
 {
     let mut io = io;
     let (http2, prefix) = match protocol {
@@ -225,8 +244,7 @@ async fn serve_http1<T, S>(
 ) -> Result<(), hyper::Error>
 where
     T: Transport,
-    S: HttpService<Incoming, ResBody = Body, Error = Infallible> + Clone + Unpin + Send + 'static,
-    S::Future: Send + 'static,
+    S: Handler,
 {
     loop {
         if stream.prefix.is_empty() && activity.parking.load(Ordering::Relaxed) {
