@@ -140,10 +140,11 @@ impl Settings {
 }
 
 /// What the connection did since the last look, shared by the byte stream
-/// hyper drives, the service and the serving loop (all in one task).
+/// hyper drives, the service and the serving loop (atomics: HTTP/2 runs
+/// each request in a task of its own).
 #[derive(Debug, Default)]
 pub struct Activity {
-    /// Set by every read or write that moved bytes.
+    /// Set by every read that moved bytes and every write.
     busy: AtomicBool,
     /// Set by every read that moved bytes.
     read: AtomicBool,
