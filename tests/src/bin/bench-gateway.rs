@@ -152,9 +152,6 @@ fn one_request(stream: &mut (impl Read + Write), request: &[u8]) {
     );
 }
 
-/// Opens `IDLE_CONNECTIONS` keep-alive connections to `addr` (TLS when
-/// `tls` is given), each making one request, and returns `pid`'s RSS while
-/// they are all open and idle.
 /// RSS of a process holding idle connections, and just before they were
 /// opened.
 struct IdleRss {
@@ -170,6 +167,9 @@ impl IdleRss {
     }
 }
 
+/// Opens `IDLE_CONNECTIONS` keep-alive connections to `addr` (TLS when
+/// `tls` is given), each making one request, and returns `pid`'s RSS while
+/// they are all open and idle, and before.
 fn idle_rss(
     pid: u32,
     addr: SocketAddr,
