@@ -184,7 +184,7 @@ impl Drop for InFlight {
 /// counts the connection while it is parked.
 pub async fn serve<T, S>(
     settings: &Settings,
-    io: T,
+    mut io: T,
     protocol: Protocol,
     service: S,
     activity: Arc<Activity>,
@@ -195,7 +195,6 @@ where
     T: Transport,
     S: Handler,
 {
-    let mut io = io;
     let (http2, prefix) = match protocol {
         Protocol::Http1 => (false, Bytes::new()),
         Protocol::Http2 => (true, Bytes::new()),
@@ -210,7 +209,7 @@ where
     let stream = Tracked {
         inner: io,
         prefix,
-        activity: activity.clone(),
+        activity,
     };
     if http2 {
         // Boxed: on the stack, HTTP/2's state would size the task of every
@@ -231,7 +230,7 @@ where
             }
         }
     }
-    serve_http1(settings, stream, service, activity, parked, stop).await
+    serve_http1(settings, stream, service, parked, stop).await
 }
 
 /// HTTP/1 requests on `stream`, parked between them when quiet.
@@ -239,7 +238,6 @@ async fn serve_http1<T, S>(
     settings: &Settings,
     mut stream: Tracked<T>,
     service: S,
-    activity: Arc<Activity>,
     parked: &Gauge,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), hyper::Error>
@@ -247,6 +245,8 @@ where
     T: Transport,
     S: Handler,
 {
+    // The stream's own record, read here while hyper drives the stream.
+    let activity = stream.activity.clone();
     loop {
         if stream.prefix.is_empty() && activity.parking.load(Ordering::Relaxed) {
             // Parked: nothing held but the socket until the next request.
