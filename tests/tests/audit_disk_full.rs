@@ -173,12 +173,21 @@ fn a_full_disk_stops_the_writer_without_loss_or_damage_and_it_resumes() {
     // Send until the segment the recovery filled rolls over its size, so
     // the events below start a segment far from its own limit.
     let rolled = status.files_written();
-    while status.files_written() == rolled {
+    for _ in 0..=config.roll_events / 1_000 {
+        if status.files_written() != rolled {
+            break;
+        }
         send(&sender, &mut next, 1_000, || false);
         wait_for("the new events to be synced", || {
             status.durable_events() == next
         });
     }
+    assert_ne!(
+        status.files_written(),
+        rolled,
+        "no roll after {} events",
+        config.roll_events
+    );
     send(&sender, &mut next, 100, || false);
     wait_for("the last events to be synced", || {
         status.durable_events() == next
