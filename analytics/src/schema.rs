@@ -13,6 +13,7 @@
 //! `'2001:db8::1'`), which every engine compares, groups and `LIKE`s.
 
 use std::{
+    collections::HashMap,
     fmt::Write as _,
     net::IpAddr,
     sync::{Arc, LazyLock},
@@ -20,8 +21,8 @@ use std::{
 
 use arrow::{
     array::{
-        ArrayRef, Int32Builder, Int64Builder, RecordBatch, StringBuilder, StringDictionaryBuilder,
-        TimestampMicrosecondBuilder,
+        ArrayRef, DictionaryArray, Int32Array, Int32Builder, Int64Builder, NullBufferBuilder,
+        RecordBatch, StringBuilder, StringDictionaryBuilder, TimestampMicrosecondBuilder,
     },
     datatypes::{DataType, Field, Int32Type, Schema, SchemaRef, TimeUnit},
 };
@@ -69,7 +70,7 @@ macro_rules! arrow_type {
 /// The builder of each kind of column.
 macro_rules! builder_type {
     (time) => { TimestampMicrosecondBuilder };
-    (dict) => { StringDictionaryBuilder<Int32Type> };
+    (dict) => { LabelBuilder };
     (text) => { StringBuilder };
     (ip) => { StringBuilder };
     (constant) => { StringDictionaryBuilder<Int32Type> };
@@ -119,14 +120,14 @@ macro_rules! columns {
     (@nullable required) => { false };
     (@nullable) => { true };
     (@new time, $n:expr) => { TimestampMicrosecondBuilder::with_capacity($n).with_timezone(UTC) };
-    (@new dict, $n:expr) => { StringDictionaryBuilder::<Int32Type>::with_capacity($n, 64, 1024) };
+    (@new dict, $n:expr) => { LabelBuilder::with_capacity($n) };
     (@new text, $n:expr) => { StringBuilder::with_capacity($n, $n * 16) };
     (@new ip, $n:expr) => { StringBuilder::with_capacity($n, $n * 16) };
     (@new constant, $n:expr) => { StringDictionaryBuilder::<Int32Type>::with_capacity($n, 1, 64) };
     (@new int32, $n:expr) => { Int32Builder::with_capacity($n) };
     (@new int64, $n:expr) => { Int64Builder::with_capacity($n) };
     (@append $b:expr, time, $v:expr) => { $b.append_value($v) };
-    (@append $b:expr, dict, $v:expr) => { match $v { Some(v) => { $b.append_value(v); } None => $b.append_null() } };
+    (@append $b:expr, dict, $v:expr) => { $b.append_option($v) };
     (@append $b:expr, text, $v:expr) => { $b.append_option($v) };
     (@append $b:expr, ip, $v:expr) => { append_ip(&mut $b, $v) };
     (@append $b:expr, constant, $v:expr) => {};
@@ -134,6 +135,116 @@ macro_rules! columns {
     (@append $b:expr, int64, $v:expr) => { $b.append_option($v) };
     (@fill $b:expr, constant, $v:expr, $rows:expr) => { $b.append_values($v, $rows) };
     (@fill $b:expr, $kind:ident, $v:expr, $rows:expr) => {};
+}
+
+/// Distinct values a [`LabelBuilder`] finds by comparing with each in
+/// turn; past this many it looks them up by hash.
+const SCAN_LABELS: usize = 16;
+
+/// Whether two labels are equal: labels are short, and comparing them in
+/// a word or two inline is several times cheaper than calling `memcmp`.
+fn same_label(a: &[u8], b: &[u8]) -> bool {
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    let word = |s: &[u8], at: usize| u64::from_ne_bytes(s[at..at + 8].try_into().expect("8 bytes"));
+    let half = |s: &[u8], at: usize| u32::from_ne_bytes(s[at..at + 4].try_into().expect("4 bytes"));
+    match n {
+        0..4 => a.iter().zip(b).all(|(x, y)| x == y),
+        4..8 => half(a, 0) == half(b, 0) && half(a, n - 4) == half(b, n - 4),
+        8..=16 => word(a, 0) == word(b, 0) && word(a, n - 8) == word(b, n - 8),
+        _ => a == b,
+    }
+}
+
+/// Builds a dictionary column of labels: reasons, methods, names from the
+/// configuration. A batch holds a handful of distinct values, and a row
+/// mostly repeats the row before, so a value is first compared with the
+/// previous row's, then with the few distinct values, and hashed only when
+/// a batch holds many. (Arrow's dictionary builder hashes every value; the
+/// column is the same.)
+struct LabelBuilder {
+    keys: Vec<i32>,
+    nulls: NullBufferBuilder,
+    /// The distinct values in first-seen order: a value's key is its index.
+    values: StringBuilder,
+    /// Key by value, once there are more than [`SCAN_LABELS`] values.
+    by_value: HashMap<Box<str>, i32>,
+    /// The key of the last value appended.
+    last: Option<i32>,
+}
+
+impl LabelBuilder {
+    fn with_capacity(rows: usize) -> Self {
+        Self {
+            keys: Vec::with_capacity(rows),
+            nulls: NullBufferBuilder::new(rows),
+            values: StringBuilder::new(),
+            by_value: HashMap::new(),
+            last: None,
+        }
+    }
+
+    /// The distinct value of `key`.
+    fn value(&self, key: i32) -> &[u8] {
+        let offsets = self.values.offsets_slice();
+        let key = key as usize;
+        &self.values.values_slice()[offsets[key] as usize..offsets[key + 1] as usize]
+    }
+
+    fn key(&mut self, value: &str) -> i32 {
+        if let Some(last) = self.last
+            && same_label(self.value(last), value.as_bytes())
+        {
+            return last;
+        }
+        let distinct = self.values.offsets_slice().len() - 1;
+        let found = if distinct <= SCAN_LABELS {
+            (0..distinct as i32).find(|&key| same_label(self.value(key), value.as_bytes()))
+        } else {
+            self.by_value.get(value).copied()
+        };
+        let key = found.unwrap_or_else(|| {
+            let key = i32::try_from(distinct).expect("fewer distinct values than rows");
+            self.values.append_value(value);
+            if distinct == SCAN_LABELS {
+                // From now on by hash: index every value so far.
+                for key in 0..=key {
+                    let known = std::str::from_utf8(self.value(key)).expect("appended as str");
+                    self.by_value.insert(known.into(), key);
+                }
+            } else if distinct > SCAN_LABELS {
+                self.by_value.insert(value.into(), key);
+            }
+            key
+        });
+        self.last = Some(key);
+        key
+    }
+
+    fn append_option(&mut self, value: Option<&str>) {
+        match value {
+            Some(value) => {
+                let key = self.key(value);
+                self.keys.push(key);
+                self.nulls.append_non_null();
+            }
+            None => {
+                self.keys.push(0);
+                self.nulls.append_null();
+            }
+        }
+    }
+
+    /// The column; the builder starts over, with no values.
+    fn finish(&mut self) -> DictionaryArray<Int32Type> {
+        let keys = Int32Array::new(std::mem::take(&mut self.keys).into(), self.nulls.finish());
+        let values = Arc::new(self.values.finish());
+        self.by_value.clear();
+        self.last = None;
+        DictionaryArray::try_new(keys, values).expect("every key is a value's index")
+    }
 }
 
 fn int32(v: Option<impl Into<i64>>) -> Option<i32> {
@@ -456,5 +567,50 @@ mod tests {
             .as_primitive::<arrow::datatypes::Int64Type>();
         assert_eq!(latency.value(0), i64::MAX, "saturates instead of wrapping");
         assert!(latency.is_null(1));
+    }
+
+    #[test]
+    fn labels_keep_their_values_and_nulls_past_the_scan_limit() {
+        // Runs of repeats, values seen again after others, nulls, and more
+        // distinct values than are found by scanning.
+        let values: Vec<Option<String>> = (0..500)
+            .map(|i: usize| match i % 7 {
+                0 => None,
+                1 | 2 => Some(format!("app-{}", i / 50)),
+                _ => Some(format!("app-{}", (i * 31) % (3 * SCAN_LABELS))),
+            })
+            .collect();
+        let mut builder = LabelBuilder::with_capacity(4);
+        for _ in 0..2 {
+            for value in &values {
+                builder.append_option(value.as_deref());
+            }
+            let column = builder.finish();
+            let decoded: Vec<Option<&str>> = column
+                .downcast_dict::<arrow::array::StringArray>()
+                .unwrap()
+                .into_iter()
+                .collect();
+            let expected: Vec<Option<&str>> = values.iter().map(Option::as_deref).collect();
+            assert_eq!(decoded, expected);
+            let distinct: std::collections::HashSet<&str> =
+                values.iter().flatten().map(String::as_str).collect();
+            assert_eq!(column.values().len(), distinct.len(), "each value once");
+        }
+        assert!(builder.finish().is_empty(), "finish starts over");
+    }
+
+    #[test]
+    fn labels_differing_in_any_byte_are_not_the_same() {
+        for len in 0..=24 {
+            let label: Vec<u8> = (0..len as u8).map(|i| b'a' + i % 26).collect();
+            assert!(same_label(&label, &label.clone()));
+            for at in 0..len {
+                let mut other = label.clone();
+                other[at] ^= 1;
+                assert!(!same_label(&label, &other), "len {len}, byte {at}");
+            }
+            assert!(!same_label(&label, &label[..len.saturating_sub(1)]) || len == 0);
+        }
     }
 }
