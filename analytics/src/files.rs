@@ -27,7 +27,7 @@ use std::{
 use arrow::{
     array::UInt32Array,
     array::{AsArray, RecordBatch},
-    compute::{concat_batches, take_record_batch},
+    compute::{concat_batches, interleave_record_batch, take_record_batch},
     datatypes::{DataType, TimestampMicrosecondType},
 };
 use parquet::{
@@ -190,24 +190,50 @@ impl FileSet {
                 }
             }
         } else {
-            // All events in one batch, then each hour's run in time order
-            // (ties in arrival order): taking rows from one batch is far
-            // cheaper than interleaving them from several.
-            let all = concat_batches(&schema::schema(), batches)
-                .map_err(StoreError::arrow("sorting", &self.root))?;
-            let mut order: Vec<(i64, u32)> = times(&all)
-                .iter()
-                .enumerate()
-                .map(|(row, &time)| (time, row as u32))
-                .collect();
+            // (time, batch, row) of every event, in time order.
+            let mut order: Vec<(i64, usize, usize)> =
+                Vec::with_capacity(batches.iter().map(RecordBatch::num_rows).sum());
+            for (b, batch) in batches.iter().enumerate() {
+                order.extend(
+                    times(batch)
+                        .iter()
+                        .enumerate()
+                        .map(|(row, &time)| (time, b, row)),
+                );
+            }
             order.sort_unstable();
+            // Taking rows from one batch is far cheaper than interleaving
+            // them from several, so a row group's batches are concatenated
+            // first; a whole segment (recovery) is not copied at once.
+            let all = (order.len() <= GATHER_ROWS)
+                .then(|| concat_batches(&schema::schema(), batches))
+                .transpose()
+                .map_err(StoreError::arrow("sorting", &self.root))?;
+            let first_rows: Vec<usize> = batches
+                .iter()
+                .scan(0, |rows, batch| {
+                    let first = *rows;
+                    *rows += batch.num_rows();
+                    Some(first)
+                })
+                .collect();
+            let sources: Vec<&RecordBatch> = batches.iter().collect();
             let mut rest = &order[..];
-            while let Some(&(first, _)) = rest.first() {
-                let (events, next) = rest.split_at(hour_run(rest, |&(time, _)| time));
+            while let Some(&(first, ..)) = rest.first() {
+                let (events, next) = rest.split_at(hour_run(rest, |&(time, ..)| time));
                 for chunk in events.chunks(GATHER_ROWS) {
-                    let rows = UInt32Array::from_iter_values(chunk.iter().map(|&(_, row)| row));
-                    let batch = take_record_batch(&all, &rows)
-                        .map_err(StoreError::arrow("sorting", &self.root))?;
+                    let batch = match &all {
+                        Some(all) => {
+                            let rows = chunk.iter().map(|&(_, b, r)| (first_rows[b] + r) as u32);
+                            take_record_batch(all, &UInt32Array::from_iter_values(rows))
+                        }
+                        None => {
+                            let rows: Vec<(usize, usize)> =
+                                chunk.iter().map(|&(_, b, r)| (b, r)).collect();
+                            interleave_record_batch(&sources, &rows)
+                        }
+                    }
+                    .map_err(StoreError::arrow("sorting", &self.root))?;
                     self.write(first, &batch)?;
                 }
                 rest = next;
@@ -508,6 +534,37 @@ mod tests {
         );
         assert_eq!(partition(0), Path::new("date=1970-01-01/hour=00"));
         assert_eq!(partition(-1), Path::new("date=1969-12-31/hour=23"));
+    }
+
+    #[test]
+    fn more_events_than_one_gather_are_sorted_with_their_rows_intact() {
+        // Two overlapping runs, together more than [`GATHER_ROWS`]: the
+        // rows are interleaved from the batches instead of concatenated.
+        let half = GATHER_ROWS as i64 / 2 + 1000;
+        let batches = [
+            batch(&(0..half).rev().map(|i| T + 2 * i).collect::<Vec<_>>()),
+            batch(&(0..half).map(|i| T + 2 * i + 1).collect::<Vec<_>>()),
+        ];
+        let dir = tempfile::tempdir().unwrap();
+        let files = write(dir.path(), "h-1", &batches).unwrap();
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&files[0]).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
+        let mut expected = T;
+        for batch in reader {
+            let batch = batch.unwrap();
+            let ids = batch
+                .column_by_name("request_id")
+                .unwrap()
+                .as_string::<i32>();
+            for (row, &time) in times(&batch).iter().enumerate() {
+                assert_eq!(time, expected);
+                assert_eq!(ids.value(row), format!("r{time}"));
+                expected += 1;
+            }
+        }
+        assert_eq!(expected, T + 2 * half);
     }
 
     #[test]
