@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric as _},
+    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric},
     metrics::{
         MetricType,
         counter::{ConstCounter, Counter},
@@ -151,10 +151,19 @@ struct ReasonLabels {
     monitor: &'static str,
 }
 
+/// Encodes `metric` (whole, with any labels it has) under `name`.
+fn metric(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    metric: &impl EncodeMetric,
+) -> std::fmt::Result {
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
 /// Encodes one unlabelled gauge.
 fn gauge(encoder: &mut DescriptorEncoder, name: &str, help: &str, value: i64) -> std::fmt::Result {
-    let metric = ConstGauge::new(value);
-    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+    metric(encoder, name, help, &ConstGauge::new(value))
 }
 
 /// Encodes one unlabelled counter (`name` without `_total`).
@@ -164,8 +173,7 @@ fn counter(
     help: &str,
     value: u64,
 ) -> std::fmt::Result {
-    let metric = ConstCounter::new(value);
-    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+    metric(encoder, name, help, &ConstCounter::new(value))
 }
 
 /// Encodes a counter per XDP reason (`name` without `_total`).
@@ -283,36 +291,36 @@ impl Collector for StatusCollector {
         if let Some(http) = &status.http {
             if let Some(gateway) = self.sources.gateway() {
                 let metrics = &gateway.metrics;
-                metrics.requests.encode(e.encode_descriptor(
+                metric(
+                    e,
                     "gateway_http_requests",
                     "Requests decided, by app, decision and reason.",
-                    None,
-                    metrics.requests.metric_type(),
-                )?)?;
-                metrics.latency.encode(e.encode_descriptor(
+                    &metrics.requests,
+                )?;
+                metric(
+                    e,
                     "gateway_http_request_duration_seconds",
                     "Time from request to response headers, by app.",
-                    None,
-                    metrics.latency.metric_type(),
-                )?)?;
-                metrics.provider.encode(e.encode_descriptor(
+                    &metrics.latency,
+                )?;
+                metric(
+                    e,
                     "gateway_oidc_provider_duration_seconds",
                     "Time sign-in callbacks waited on the identity provider, by provider.",
-                    None,
-                    metrics.provider.metric_type(),
-                )?)?;
-                metrics.connections.encode(e.encode_descriptor(
+                    &metrics.provider,
+                )?;
+                metric(
+                    e,
                     "gateway_http_connections",
                     "Client connections open on the HTTP listeners.",
-                    None,
-                    metrics.connections.metric_type(),
-                )?)?;
-                metrics.parked.encode(e.encode_descriptor(
+                    &metrics.connections,
+                )?;
+                metric(
+                    e,
                     "gateway_http_connections_parked",
                     "Idle HTTP/1 keep-alive connections waiting without request buffers.",
-                    None,
-                    metrics.parked.metric_type(),
-                )?)?;
+                    &metrics.parked,
+                )?;
             }
             gauge(
                 e,
