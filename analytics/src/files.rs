@@ -25,8 +25,7 @@ use std::{
 };
 
 use arrow::{
-    array::UInt32Array,
-    array::{AsArray, RecordBatch},
+    array::{AsArray, RecordBatch, UInt32Array},
     compute::{concat_batches, interleave_record_batch, take_record_batch},
     datatypes::{DataType, TimestampMicrosecondType},
 };

@@ -21,8 +21,9 @@ use std::{
 
 use arrow::{
     array::{
-        ArrayRef, DictionaryArray, Int32Array, Int32Builder, Int64Builder, NullBufferBuilder,
-        RecordBatch, StringBuilder, StringDictionaryBuilder, TimestampMicrosecondBuilder,
+        ArrayBuilder as _, ArrayRef, DictionaryArray, Int32Array, Int32Builder, Int64Builder,
+        NullBufferBuilder, RecordBatch, StringBuilder, StringDictionaryBuilder,
+        TimestampMicrosecondBuilder,
     },
     datatypes::{DataType, Field, Int32Type, Schema, SchemaRef, TimeUnit},
 };
@@ -199,7 +200,7 @@ impl LabelBuilder {
         {
             return last;
         }
-        let distinct = self.values.offsets_slice().len() - 1;
+        let distinct = self.values.len();
         let found = if distinct <= SCAN_LABELS {
             (0..distinct as i32).find(|&key| same_label(self.value(key), value.as_bytes()))
         } else {
