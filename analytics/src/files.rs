@@ -63,6 +63,12 @@ const HOUR_US: i64 = 3_600_000_000;
 /// minimum and maximum would prune nothing and cost two comparisons a row.
 const TEXT_STATISTICS: [&str; 4] = ["host", "layer", "decision", "app"];
 
+/// Number columns that take a new value in nearly every row (ports,
+/// latencies, sizes): a dictionary would hold most values once and cost a
+/// hash a row, so they are bit-packed instead, which also makes them
+/// smaller.
+const SCATTERED_NUMBERS: [&str; 4] = ["client_port", "latency_us", "bytes", "interval_us"];
+
 /// The writer settings of every file, in one place.
 pub fn writer_properties() -> WriterProperties {
     let time = ColumnPath::from(TIME_COLUMN);
@@ -78,6 +84,11 @@ pub fn writer_properties() -> WriterProperties {
             ColumnPath::from(field.name().as_str()),
             EnabledStatistics::None,
         );
+    }
+    for name in SCATTERED_NUMBERS {
+        builder = builder
+            .set_column_dictionary_enabled(ColumnPath::from(name), false)
+            .set_column_encoding(ColumnPath::from(name), Encoding::DELTA_BINARY_PACKED);
     }
     builder
         // ZSTD(1): higher levels buy almost nothing on columnar data and
@@ -632,6 +643,21 @@ mod tests {
         for name in ["request_id", "email", "client_ip", "path", "reason"] {
             assert!(!statistics(name), "{name} has no statistics");
         }
+        for name in SCATTERED_NUMBERS.into_iter().chain(TEXT_STATISTICS) {
+            assert!(schema::COLUMN_NAMES.contains(&name), "{name} is a column");
+        }
+        let column = |name: &str| {
+            let at = schema::COLUMN_NAMES.iter().position(|c| *c == name);
+            meta.row_group(0).column(at.unwrap())
+        };
+        let latency = column("latency_us");
+        assert!(latency.dictionary_page_offset().is_none());
+        assert!(
+            latency
+                .encodings()
+                .any(|e| e == Encoding::DELTA_BINARY_PACKED)
+        );
+        assert!(column("app").dictionary_page_offset().is_some());
     }
 
     #[test]
