@@ -27,9 +27,13 @@ pub const START_US: i64 = 1_795_417_200_000_000;
 /// hundred users and service tokens to five apps, one in eight refused.
 /// The same seed gives the same events. Fixed strings (reasons, methods)
 /// are borrowed and names from the configuration owned, as the gateway
-/// makes them.
+/// makes them; request ids are shaped as one gateway process draws them
+/// (a random prefix for the process, then a scattered counter), key ids
+/// as Cloudflare's (64 hex digits).
 pub fn synthetic_events(n: usize, span_us: i64, seed: u64) -> impl Iterator<Item = Event> {
     let mut rng = SmallRng::seed_from_u64(seed);
+    let process: u64 = rng.random();
+    let key_id = format!("{:016x}", rng.random::<u64>()).repeat(4);
     let apps = ["wiki", "grafana", "ci", "billing", "admin"];
     let reasons_denied = ["no_credentials", "jwt_expired", "policy", "bad_signature"];
     (0..n).map(move |i| {
@@ -116,13 +120,9 @@ pub fn synthetic_events(n: usize, span_us: i64, seed: u64) -> impl Iterator<Item
             status: Some(if denied { 403 } else { 200 }),
             latency_us: Some(rng.random_range(100..50_000)),
             bytes: Some(rng.random_range(0..100_000)),
-            request_id: Some(format!(
-                "{:016x}{:016x}",
-                rng.random::<u64>(),
-                rng.random::<u64>()
-            )),
+            request_id: Some(format!("{process:016x}{:016x}", rng.random::<u64>())),
             token_issuer: Some(owned("https://team.cloudflareaccess.com")),
-            key_id: Some(owned("key-1")),
+            key_id: Some(owned(key_id.clone())),
             ..Event::default()
         }
     })
