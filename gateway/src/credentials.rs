@@ -14,14 +14,16 @@
 
 use http::{HeaderMap, HeaderName, header::COOKIE};
 
-/// `Cf-Access-Jwt-Assertion`.
-pub const JWT_HEADER: &str = "cf-access-jwt-assertion";
+/// `Cf-Access-Jwt-Assertion`. (Header names are `HeaderName`s, not
+/// strings: a lookup by string parses and classifies the name on every
+/// request.)
+pub const JWT_HEADER: HeaderName = HeaderName::from_static("cf-access-jwt-assertion");
 /// `CF_Authorization`.
 pub const JWT_COOKIE: &str = "CF_Authorization";
 /// `CF-Access-Client-Id`.
-pub const CLIENT_ID_HEADER: &str = "cf-access-client-id";
+pub const CLIENT_ID_HEADER: HeaderName = HeaderName::from_static("cf-access-client-id");
 /// `CF-Access-Client-Secret`.
-pub const CLIENT_SECRET_HEADER: &str = "cf-access-client-secret";
+pub const CLIENT_SECRET_HEADER: HeaderName = HeaderName::from_static("cf-access-client-secret");
 
 /// Why the credentials in a request are refused before any check.
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
@@ -66,24 +68,24 @@ pub struct ServiceCredentials {
 /// client-address and country headers.
 pub(crate) fn single_value<'h>(
     headers: &'h HeaderMap,
-    name: &str,
+    name: &HeaderName,
 ) -> Result<Option<&'h str>, CredentialError> {
     let mut values = headers.get_all(name).iter();
     let Some(first) = values.next() else {
         return Ok(None);
     };
     if values.next().is_some() {
-        return Err(CredentialError::Duplicate(name.into()));
+        return Err(CredentialError::Duplicate(name.as_str().into()));
     }
     let text = first
         .to_str()
-        .map_err(|_| CredentialError::Malformed(name.into()))?
+        .map_err(|_| CredentialError::Malformed(name.as_str().into()))?
         .trim();
     if text.contains(',') {
-        return Err(CredentialError::Duplicate(name.into()));
+        return Err(CredentialError::Duplicate(name.as_str().into()));
     }
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(CredentialError::Malformed(name.into()));
+        return Err(CredentialError::Malformed(name.as_str().into()));
     }
     Ok(Some(text))
 }
@@ -119,11 +121,11 @@ pub fn relay_token(
     headers: &HeaderMap,
     cookie_enabled: bool,
 ) -> Result<Option<(TokenSource, String)>, CredentialError> {
-    if let Some(token) = single_value(headers, JWT_HEADER)? {
+    if let Some(token) = single_value(headers, &JWT_HEADER)? {
         return Ok(Some((TokenSource::Header, token.to_owned())));
     }
     // Any header value, even a malformed one, rules the cookie out.
-    if headers.contains_key(JWT_HEADER) || !cookie_enabled {
+    if headers.contains_key(&JWT_HEADER) || !cookie_enabled {
         return Ok(None);
     }
     match single_cookie(headers, JWT_COOKIE)? {
@@ -139,8 +141,8 @@ pub fn service_token(
     headers: &HeaderMap,
     single_header: Option<&HeaderName>,
 ) -> Result<Option<ServiceCredentials>, CredentialError> {
-    let id = single_value(headers, CLIENT_ID_HEADER)?;
-    let secret = single_value(headers, CLIENT_SECRET_HEADER)?;
+    let id = single_value(headers, &CLIENT_ID_HEADER)?;
+    let secret = single_value(headers, &CLIENT_SECRET_HEADER)?;
     let pair = match (id, secret) {
         (Some(id), Some(secret)) => Some(ServiceCredentials {
             client_id: id.to_owned(),
@@ -248,12 +250,12 @@ mod tests {
                     ("Cf-Access-Jwt-Assertion", "g.h.i"),
                 ],
                 true,
-                Err(CredentialError::Duplicate(JWT_HEADER.into())),
+                Err(CredentialError::Duplicate(JWT_HEADER.as_str().into())),
             ),
             (
                 vec![("Cf-Access-Jwt-Assertion", "a.b.c, g.h.i")],
                 true,
-                Err(CredentialError::Duplicate(JWT_HEADER.into())),
+                Err(CredentialError::Duplicate(JWT_HEADER.as_str().into())),
             ),
             (
                 vec![
@@ -261,7 +263,7 @@ mod tests {
                     ("cookie", "CF_Authorization=d.e.f"),
                 ],
                 true,
-                Err(CredentialError::Malformed(JWT_HEADER.into())),
+                Err(CredentialError::Malformed(JWT_HEADER.as_str().into())),
             ),
             (
                 vec![
@@ -320,7 +322,7 @@ mod tests {
                     ("CF-Access-Client-Secret", "gwsec_x"),
                 ],
                 false,
-                Err(CredentialError::Duplicate(CLIENT_ID_HEADER.into())),
+                Err(CredentialError::Duplicate(CLIENT_ID_HEADER.as_str().into())),
             ),
             (
                 vec![("Authorization", json)],

@@ -324,7 +324,7 @@ async fn phases(
         .as_deref()
         .and_then(|t| HeaderValue::from_str(t).ok())
     {
-        headers.insert(HeaderName::from_static(credentials::JWT_HEADER), token);
+        headers.insert(credentials::JWT_HEADER, token);
     }
     if let Some(email) = identity.as_ref().and_then(|i| i.email_header.clone()) {
         headers.insert(USER_EMAIL, email);
@@ -400,7 +400,7 @@ fn client_address(
         return Ok((peer, None));
     }
     let single = |name: &HeaderName| {
-        credentials::single_value(headers, name.as_str()).map_err(|e| match e {
+        credentials::single_value(headers, name).map_err(|e| match e {
             CredentialError::Duplicate(_) => Refusal::BadRequest("duplicate_relay_header"),
             _ => Refusal::BadRequest("bad_relay_header"),
         })

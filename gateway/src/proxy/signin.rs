@@ -149,8 +149,8 @@ impl SignIn<'_> {
         !app.login.is_empty()
             && self.wants_html
             && matches!(parts.method, Method::GET | Method::HEAD)
-            && !parts.headers.contains_key(credentials::JWT_HEADER)
-            && !parts.headers.contains_key(credentials::CLIENT_ID_HEADER)
+            && !parts.headers.contains_key(&credentials::JWT_HEADER)
+            && !parts.headers.contains_key(&credentials::CLIENT_ID_HEADER)
     }
 
     /// Serves `path` if it is a sign-in endpoint; `None` otherwise (also
