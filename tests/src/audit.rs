@@ -28,8 +28,8 @@ pub const START_US: i64 = 1_795_417_200_000_000;
 /// The same seed gives the same events. Fixed strings (reasons, methods)
 /// are borrowed and names from the configuration owned, as the gateway
 /// makes them; request ids are shaped as one gateway process draws them
-/// (a random prefix for the process, then a scattered counter), key ids
-/// as Cloudflare's (64 hex digits).
+/// (a random prefix for the process, then 64 bits that differ per
+/// request), key ids as Cloudflare's (64 hex digits).
 pub fn synthetic_events(n: usize, span_us: i64, seed: u64) -> impl Iterator<Item = Event> {
     let mut rng = SmallRng::seed_from_u64(seed);
     let process: u64 = rng.random();
