@@ -215,29 +215,33 @@ impl FileSet {
             // Taking rows from one batch is far cheaper than interleaving
             // them from several, so a row group's batches are concatenated
             // first; a whole segment (recovery) is not copied at once.
-            let all = (order.len() <= GATHER_ROWS)
-                .then(|| concat_batches(&schema::schema(), batches))
-                .transpose()
-                .map_err(StoreError::arrow("sorting", &self.root))?;
-            let first_rows: Vec<usize> = batches
-                .iter()
-                .scan(0, |rows, batch| {
-                    let first = *rows;
-                    *rows += batch.num_rows();
-                    Some(first)
-                })
-                .collect();
-            let sources: Vec<&RecordBatch> = batches.iter().collect();
+            // The concatenation, and where each batch's rows start in it.
+            let concatenated = if order.len() <= GATHER_ROWS {
+                let all = concat_batches(&schema::schema(), batches)
+                    .map_err(StoreError::arrow("sorting", &self.root))?;
+                let first_rows: Vec<usize> = batches
+                    .iter()
+                    .scan(0, |rows, batch| {
+                        let first = *rows;
+                        *rows += batch.num_rows();
+                        Some(first)
+                    })
+                    .collect();
+                Some((all, first_rows))
+            } else {
+                None
+            };
             let mut rest = &order[..];
             while let Some(&(first, ..)) = rest.first() {
                 let (events, next) = rest.split_at(hour_run(rest, |&(time, ..)| time));
                 for chunk in events.chunks(GATHER_ROWS) {
-                    let batch = match &all {
-                        Some(all) => {
+                    let batch = match &concatenated {
+                        Some((all, first_rows)) => {
                             let rows = chunk.iter().map(|&(_, b, r)| (first_rows[b] + r) as u32);
                             take_record_batch(all, &UInt32Array::from_iter_values(rows))
                         }
                         None => {
+                            let sources: Vec<&RecordBatch> = batches.iter().collect();
                             let rows: Vec<(usize, usize)> =
                                 chunk.iter().map(|&(_, b, r)| (b, r)).collect();
                             interleave_record_batch(&sources, &rows)
