@@ -634,13 +634,11 @@ mod tests {
             column.compression(),
             Compression::ZSTD(ZstdLevel::try_new(1).unwrap())
         );
-        let statistics = |name: &str| {
-            let at = schema::COLUMN_NAMES
-                .iter()
-                .position(|c| *c == name)
-                .unwrap();
-            meta.row_group(0).column(at).statistics().is_some()
+        let column = |name: &str| {
+            let at = schema::COLUMN_NAMES.iter().position(|c| *c == name);
+            meta.row_group(0).column(at.unwrap())
         };
+        let statistics = |name: &str| column(name).statistics().is_some();
         for name in [TIME_COLUMN, "host", "layer", "status", "bytes"] {
             assert!(statistics(name), "{name} has statistics");
         }
@@ -650,10 +648,6 @@ mod tests {
         for name in SCATTERED_NUMBERS.into_iter().chain(TEXT_STATISTICS) {
             assert!(schema::COLUMN_NAMES.contains(&name), "{name} is a column");
         }
-        let column = |name: &str| {
-            let at = schema::COLUMN_NAMES.iter().position(|c| *c == name);
-            meta.row_group(0).column(at.unwrap())
-        };
         let latency = column("latency_us");
         assert!(latency.dictionary_page_offset().is_none());
         assert!(
