@@ -19,9 +19,12 @@
 //! - [`metrics`]: Prometheus metrics, recorded and read from the status.
 //! - [`admin`]: the loopback endpoint serving metrics, health and status.
 //! - [`daemon`]: `gateway run`, the long-running process.
-//! - [`cli`]: the command line; `main.rs` only calls [`cli::main`].
+//! - [`cli`]: the command line; `main.rs` only tunes the allocator and
+//!   calls [`cli::main`].
+//! - [`allocator`]: how the process allocator returns memory to the OS.
 
 pub mod admin;
+pub mod allocator;
 pub mod cli;
 pub mod config;
 pub mod credentials;

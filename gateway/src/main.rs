@@ -7,5 +7,6 @@
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> std::process::ExitCode {
+    gateway::allocator::return_freed_memory_promptly();
     gateway::cli::main()
 }
