@@ -161,6 +161,14 @@ pub fn write(root: &Path, name: &str, batches: &[RecordBatch]) -> Result<Vec<Pat
 /// The Parquet files of one segment while they are written, one per hour
 /// partition, each under its temporary name until [`FileSet::finish`].
 ///
+/// Where [`FileSet::append`] takes sorted rows from.
+enum Sources<'a> {
+    /// All batches in one, and where each batch's rows start in it.
+    Concatenated(RecordBatch, Vec<usize>),
+    /// The batches as they are (too many rows to copy at once).
+    Separate(Vec<&'a RecordBatch>),
+}
+
 /// Every [`FileSet::append`] sorts its events by time and ends a row group:
 /// the store appends as events arrive, so a segment's events need not all
 /// be held in memory until the roll. Each row group is sorted (the Parquet
@@ -214,9 +222,9 @@ impl FileSet {
             order.sort_unstable();
             // Taking rows from one batch is far cheaper than interleaving
             // them from several, so a row group's batches are concatenated
-            // first; a whole segment (recovery) is not copied at once.
-            // The concatenation, and where each batch's rows start in it.
-            let concatenated = if order.len() <= GATHER_ROWS {
+            // first (noting where each batch's rows start in it); a whole
+            // segment (recovery) is not copied at once.
+            let sources = if order.len() <= GATHER_ROWS {
                 let all = concat_batches(&schema::schema(), batches)
                     .map_err(StoreError::arrow("sorting", &self.root))?;
                 let first_rows: Vec<usize> = batches
@@ -227,24 +235,23 @@ impl FileSet {
                         Some(first)
                     })
                     .collect();
-                Some((all, first_rows))
+                Sources::Concatenated(all, first_rows)
             } else {
-                None
+                Sources::Separate(batches.iter().collect())
             };
             let mut rest = &order[..];
             while let Some(&(first, ..)) = rest.first() {
                 let (events, next) = rest.split_at(hour_run(rest, |&(time, ..)| time));
                 for chunk in events.chunks(GATHER_ROWS) {
-                    let batch = match &concatenated {
-                        Some((all, first_rows)) => {
+                    let batch = match &sources {
+                        Sources::Concatenated(all, first_rows) => {
                             let rows = chunk.iter().map(|&(_, b, r)| (first_rows[b] + r) as u32);
                             take_record_batch(all, &UInt32Array::from_iter_values(rows))
                         }
-                        None => {
-                            let sources: Vec<&RecordBatch> = batches.iter().collect();
+                        Sources::Separate(batches) => {
                             let rows: Vec<(usize, usize)> =
                                 chunk.iter().map(|&(_, b, r)| (b, r)).collect();
-                            interleave_record_batch(&sources, &rows)
+                            interleave_record_batch(batches, &rows)
                         }
                     }
                     .map_err(StoreError::arrow("sorting", &self.root))?;
