@@ -2,15 +2,15 @@
 //! rolls into Parquet files when it is big, old, or its hour is over.
 //!
 //! ```text
-//! push ──► queue ──flush: build──► segment (.wal/*.arrows)   sync = fsync: durable
+//! push: build ──► batch ──flush──► segment (.wal/*.arrows)   sync = fsync: durable
 //!                             └──► hidden .tmp Parquet files, a row group per 64k events, sorted by time
 //!                                                    ──roll──► renamed into date=/hour=/*.parquet,
 //!                                                              then the segment goes
 //! ```
 //!
-//! A batch holds events in arrival order: small batches (8k events) keep
-//! the queue and the batch being built in the CPU's caches, and building
-//! reads the queue front to back. Requests finish out of the order they
+//! A batch holds events in arrival order, as columns from the moment each
+//! is pushed: the writer encodes an event while it is still in the CPU's
+//! caches and frees it right after. Requests finish out of the order they
 //! started in (an event's time is its request's start), so a busy writer's
 //! batches overlap in time; each row group is sorted once, as it goes to
 //! Parquet, in one gather of its columns. Batches that arrived in order
@@ -52,13 +52,12 @@ use crate::{
 pub const DEFAULT_DIR: &str = "/var/lib/gateway/audit";
 
 /// Rows appended to the Parquet files at once, as one row group: what the
-/// store holds in memory as batches besides the events being queued (about
-/// 16 MiB).
+/// store holds in memory as batches (about 16 MiB).
 pub const ROW_GROUP_ROWS: usize = 64 * 1024;
 
 /// Most events per record batch, the unit of a segment append. Syncs
-/// append what is queued sooner, so this bounds memory (an event waiting in
-/// the queue takes about 500 bytes), not durability.
+/// append what is pushed sooner, so this sets the size of appends, not
+/// durability.
 pub const BATCH_ROWS: usize = 8192;
 
 /// Where and how the store keeps events.
@@ -195,8 +194,10 @@ pub struct AuditStore {
     wal_dir: PathBuf,
     /// `config.host` made safe for file names.
     file_host: String,
-    /// Events pushed, not yet in a batch, in arrival order.
-    queue: Vec<Event>,
+    /// Events pushed, not yet appended to the segment, in arrival order:
+    /// already columns, so an event is read once, while it is still in the
+    /// CPU's caches, and freed right after.
+    batch: EventBatchBuilder,
     open: Option<OpenSegment>,
     /// Rows appended to the segment but not yet fsynced.
     unsynced: u64,
@@ -240,7 +241,7 @@ impl AuditStore {
         files::apply_retention(&config.dir, config.retention, Event::now_us());
         let store = Self {
             file_host: file_name_safe(&config.host),
-            queue: Vec::new(),
+            batch: EventBatchBuilder::new(&config.host, 0),
             wal_dir,
             config,
             open: None,
@@ -260,42 +261,33 @@ impl AuditStore {
         Arc::clone(&self.status)
     }
 
-    /// Queues an event for the next batch (memory only).
-    pub fn push(&mut self, event: Event) {
-        self.queue.push(event);
-    }
-
-    /// The events not yet in a batch, for the writer to receive into
-    /// directly: an event is about 500 bytes, and this saves copying each
-    /// one from a receive buffer into the queue.
-    pub fn queue_mut(&mut self) -> &mut Vec<Event> {
-        &mut self.queue
+    /// Adds an event to the next batch (memory only).
+    pub fn push(&mut self, event: &Event) {
+        self.batch.push(event);
     }
 
     /// Events pushed but not yet appended to the segment.
     pub fn pending(&self) -> usize {
-        self.queue.len()
+        self.batch.len()
     }
 
-    /// Appends the queued events to the segment as one batch, in arrival
+    /// Appends the pushed events to the segment as one batch, in arrival
     /// order (opening a segment if needed). Written, not yet durable.
     pub fn flush(&mut self) -> Result<(), StoreError> {
         if self.open.is_none() {
-            if self.queue.is_empty() {
+            if self.batch.is_empty() {
                 return Ok(());
             }
             self.open = Some(self.new_segment()?);
         }
         let open = self.open.as_mut().expect("opened above");
-        if self.queue.is_empty() {
+        if self.batch.is_empty() {
             return open.segment.retry();
         }
-        let mut builder = EventBatchBuilder::new(&self.config.host, self.queue.len());
-        for event in &self.queue {
-            builder.push(event);
-        }
-        self.queue.clear();
-        let batch = builder.finish();
+        // The next batch is likely the size of this one: an idle gateway's
+        // builder stays small, a busy one's grows once.
+        let next = EventBatchBuilder::new(&self.config.host, self.batch.len());
+        let batch = std::mem::replace(&mut self.batch, next).finish();
         open.rows += batch.num_rows();
         self.unsynced += batch.num_rows() as u64;
         // On failure the batch stays pending in the segment, which writes
@@ -384,7 +376,7 @@ impl std::fmt::Debug for AuditStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AuditStore")
             .field("dir", &self.config.dir)
-            .field("pending", &self.queue.len())
+            .field("pending", &self.batch.len())
             .field("segment_rows", &self.open.as_ref().map(|o| o.rows))
             .finish_non_exhaustive()
     }
@@ -505,7 +497,7 @@ mod tests {
         let n = ROW_GROUP_ROWS as i64 * 2 + 100;
         // Newest first: every row group must come out sorted.
         for i in (0..n).rev() {
-            store.push(event(i));
+            store.push(&event(i));
             if store.pending() == BATCH_ROWS {
                 store.flush().unwrap();
             }
@@ -529,7 +521,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut store, _) = AuditStore::open(config(dir.path())).unwrap();
         for i in 0..n {
-            store.push(event(i));
+            store.push(&event(i));
             if store.pending() == BATCH_ROWS {
                 store.flush().unwrap();
             }
@@ -551,11 +543,11 @@ mod tests {
         let (mut store, recovery) = AuditStore::open(config(dir.path())).unwrap();
         assert_eq!(recovery, Recovery::default());
         for n in 0..10 {
-            store.push(event(n));
+            store.push(&event(n));
         }
         store.sync().unwrap();
         assert_eq!(store.status().durable_events(), 10);
-        store.push(event(10));
+        store.push(&event(10));
         // A crash: the store is gone without a roll.
         drop(store);
 
@@ -568,7 +560,7 @@ mod tests {
             .collect();
         assert!(names[0].starts_with("origin_1-"), "{names:?}");
         for n in 0..5 {
-            store.push(event(n));
+            store.push(&event(n));
         }
         let written = store.roll().unwrap();
         assert_eq!(written.len(), 1);
@@ -584,7 +576,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (mut store, _) = AuditStore::open(config(dir.path())).unwrap();
         for n in 0..7 {
-            store.push(event(n));
+            store.push(&event(n));
         }
         store.sync().unwrap();
         // The files are in place but the segment is still there, as after a
@@ -615,11 +607,11 @@ mod tests {
         config.roll_events = 3;
         let (mut store, _) = AuditStore::open(config).unwrap();
         assert!(!store.roll_due());
-        store.push(event(0));
-        store.push(event(1));
+        store.push(&event(0));
+        store.push(&event(1));
         store.flush().unwrap();
         assert!(!store.roll_due());
-        store.push(event(2));
+        store.push(&event(2));
         store.flush().unwrap();
         assert!(store.roll_due());
         store.roll().unwrap();

@@ -155,7 +155,7 @@ pub fn write_events(dir: &Path, events: impl IntoIterator<Item = Event>) {
 pub fn write_events_with(config: StoreConfig, events: impl IntoIterator<Item = Event>) {
     let (mut store, _) = AuditStore::open(config).expect("open the audit store");
     for event in events {
-        store.push(event);
+        store.push(&event);
         if store.pending() == analytics::store::BATCH_ROWS {
             store.flush().expect("flush");
             if store.roll_due() {
