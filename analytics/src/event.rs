@@ -16,6 +16,52 @@ use serde::{Deserialize, Serialize};
 /// and no free on the writer's thread.
 pub type Label = Cow<'static, str>;
 
+/// Most bytes [`label`] keeps for the life of the process.
+const LABEL_BYTES: usize = 1 << 20;
+
+/// `text` as a label that costs no allocation to copy and no free on the
+/// writer's thread: names from the configuration, issuers and key ids of
+/// verified keys, service-token names. Each distinct text is kept once for
+/// the life of the process (a configuration reloaded with the same names
+/// adds nothing); past [`LABEL_BYTES`] in all, texts are copied instead.
+/// Not for text a client chooses.
+pub fn label(text: &str) -> Label {
+    use std::{collections::BTreeSet, sync::Mutex};
+    static KEPT: Mutex<(BTreeSet<&'static str>, usize)> = Mutex::new((BTreeSet::new(), 0));
+    let mut kept = KEPT
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let (texts, bytes) = &mut *kept;
+    if let Some(&kept) = texts.get(text) {
+        return Label::Borrowed(kept);
+    }
+    if *bytes + text.len() > LABEL_BYTES {
+        return Label::Owned(text.to_owned());
+    }
+    let kept: &'static str = Box::leak(text.into());
+    texts.insert(kept);
+    *bytes += text.len();
+    Label::Borrowed(kept)
+}
+
+/// An ISO 3166 country code (two upper-case ASCII letters) as a label
+/// without allocating or keeping anything; other text is copied.
+pub fn country_label(code: &str) -> Label {
+    /// Every pair of letters, `AA` to `ZZ`.
+    static PAIRS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        (b'A'..=b'Z')
+            .flat_map(|a| (b'A'..=b'Z').flat_map(move |b| [char::from(a), char::from(b)]))
+            .collect()
+    });
+    match code.as_bytes() {
+        &[a, b] if a.is_ascii_uppercase() && b.is_ascii_uppercase() => {
+            let at = 2 * (usize::from(a - b'A') * 26 + usize::from(b - b'A'));
+            Label::Borrowed(&PAIRS[at..at + 2])
+        }
+        _ => Label::Owned(code.to_owned()),
+    }
+}
+
 /// The layer that decided.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -130,5 +176,36 @@ impl Event {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_label_is_kept_once_and_shared() {
+        let name = String::from("billing-admins");
+        let (first, second) = (label(&name), label("billing-admins"));
+        let (Label::Borrowed(a), Label::Borrowed(b)) = (&first, &second) else {
+            panic!("labels are borrowed: {first:?}, {second:?}");
+        };
+        assert_eq!(*a, "billing-admins");
+        assert!(std::ptr::eq(*a, *b), "the same text is kept once");
+    }
+
+    #[test]
+    fn country_codes_are_borrowed_and_other_text_is_copied() {
+        for code in ["AA", "DE", "US", "ZZ"] {
+            let label = country_label(code);
+            assert!(
+                matches!(label, Label::Borrowed(c) if c == code),
+                "{label:?}"
+            );
+        }
+        for text in ["de", "D1", "DEU", "", "É"] {
+            let label = country_label(text);
+            assert!(matches!(&label, Label::Owned(c) if c == text), "{label:?}");
+        }
     }
 }

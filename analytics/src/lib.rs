@@ -35,7 +35,7 @@ use std::{path::Path, sync::Mutex};
 
 pub use channel::{AuditMonitor, AuditReceiver, AuditSender, Overflow, Refused, Slot, channel};
 pub use error::StoreError;
-pub use event::{Decision, Event, Label, Layer};
+pub use event::{Decision, Event, Label, Layer, country_label, label};
 pub use files::Retention;
 pub use store::{AuditStore, Recovery, StoreConfig, StoreStatus};
 pub use upload::{BucketConfig, UploadError, UploadStatus, Uploader};

@@ -86,15 +86,17 @@ pub fn synthetic_events(n: usize, span_us: i64, seed: u64) -> impl Iterator<Item
             } else {
                 "policy".into()
             },
-            app: Some(owned(app)),
-            policy: Some(owned(format!("{app}-users"))),
+            app: Some(analytics::label(app)),
+            policy: Some(analytics::label(&format!("{app}-users"))),
             rule: Some(0),
             email: (!by_token).then(|| format!("user{user}@example.com")),
             subject: (!by_token).then(|| format!("sub-{user}")),
             auth_method: Some(if by_token { "service_token" } else { "jwt" }.into()),
             token_client_id: by_token.then(|| owned(format!("{token:032x}.access"))),
             token_name: by_token.then(|| owned(format!("bot-{token}"))),
-            country: Some(owned(["DE", "US", "FR", "JP"][rng.random_range(0..4)])),
+            country: Some(analytics::country_label(
+                ["DE", "US", "FR", "JP"][rng.random_range(0..4)],
+            )),
             client_ip: Some(IpAddr::V4(Ipv4Addr::new(
                 198,
                 51,
@@ -111,7 +113,7 @@ pub fn synthetic_events(n: usize, span_us: i64, seed: u64) -> impl Iterator<Item
                 }
                 .into(),
             ),
-            hostname: Some(owned(format!("{app}.example.com"))),
+            hostname: Some(analytics::label(&format!("{app}.example.com"))),
             path: Some(format!(
                 "/{}/{}",
                 ["api", "static", "ui"][rng.random_range(0..3)],
@@ -121,15 +123,16 @@ pub fn synthetic_events(n: usize, span_us: i64, seed: u64) -> impl Iterator<Item
             latency_us: Some(rng.random_range(100..50_000)),
             bytes: Some(rng.random_range(0..100_000)),
             request_id: Some(format!("{process:016x}{:016x}", rng.random::<u64>())),
-            token_issuer: Some(owned("https://team.cloudflareaccess.com")),
-            key_id: Some(owned(key_id.clone())),
+            token_issuer: Some(analytics::label("https://team.cloudflareaccess.com")),
+            key_id: Some(analytics::label(&key_id)),
             ..Event::default()
         }
     })
 }
 
-/// A label the gateway would have copied out of its configuration or a
-/// request.
+/// A label the gateway copies for each request (a service token's id and
+/// name); names from the configuration and verified keys are
+/// [`analytics::label`]s, as the gateway's are.
 fn owned(text: impl Into<String>) -> Label {
     Label::Owned(text.into())
 }

@@ -27,6 +27,7 @@
 
 use std::{collections::BTreeSet, net::SocketAddr, path::PathBuf, time::Duration};
 
+use analytics::Label;
 use http::{HeaderName, Uri};
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -415,10 +416,11 @@ pub struct SessionsConfig {
 /// One validated application.
 #[derive(Clone, Debug, PartialEq)]
 pub struct App {
-    /// Name.
-    pub name: String,
-    /// Lowercase host name.
-    pub hostname: String,
+    /// Name (a [`label`](analytics::label): every audit event of the app
+    /// carries it without a copy).
+    pub name: Label,
+    /// Lowercase host name (a label, as `name`).
+    pub hostname: Label,
     /// Normalized path prefix, `/` or `/a/b` (no trailing slash).
     pub path: String,
     /// Upstream base (`http://host:port`, no path).
@@ -752,7 +754,7 @@ fn validate_app(key: &str, app: RawApp, have_relay: bool) -> Result<App, ConfigE
                 .collect::<Result<Vec<_>, _>>()
         };
         policies.push(Policy {
-            name: raw.name,
+            name: analytics::label(&raw.name),
             action: match raw.action {
                 RawAction::Allow => Action::Allow,
                 RawAction::Block => Action::Block,
@@ -786,8 +788,8 @@ fn validate_app(key: &str, app: RawApp, have_relay: bool) -> Result<App, ConfigE
     let policies = PolicySet::new(policies)
         .map_err(|error| invalid(format!("{key}.policy"), error.to_string()))?;
     Ok(App {
-        name: app.name,
-        hostname,
+        name: analytics::label(&app.name),
+        hostname: analytics::label(&hostname),
         path,
         upstream,
         aud: app.aud,

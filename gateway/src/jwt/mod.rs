@@ -25,6 +25,7 @@ pub mod verified;
 
 use std::collections::{BTreeMap, HashMap};
 
+use analytics::Label;
 use jsonwebtoken::{
     Algorithm, DecodingKey, Validation,
     jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm},
@@ -164,8 +165,8 @@ pub struct Expectations {
 /// The claims policies and audit records use.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 pub struct Claims {
-    /// Issuer.
-    pub iss: String,
+    /// Issuer (a [`label`](analytics::label) once verified).
+    pub iss: Label,
     /// Subject (empty for service-token sessions).
     #[serde(default)]
     pub sub: String,
@@ -183,12 +184,13 @@ pub struct Claims {
     #[serde(rename = "type")]
     pub token_type: Option<String>,
     /// Where the user authenticated (ISO country code).
-    pub country: Option<String>,
-    /// Service-token sessions: the client id.
-    pub common_name: Option<String>,
-    /// The `kid` of the key that verified the token (from its header).
+    pub country: Option<Label>,
+    /// Service-token sessions: the client id (a label once verified).
+    pub common_name: Option<Label>,
+    /// The `kid` of the key that verified the token (from its header; a
+    /// label).
     #[serde(skip)]
-    pub key_id: String,
+    pub key_id: Label,
     /// Every other claim, for claim selectors.
     #[serde(flatten)]
     pub other: BTreeMap<String, serde_json::Value>,
@@ -283,13 +285,19 @@ fn check(
     let data =
         jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(JwtError::Invalid)?;
     let mut claims = data.claims;
-    claims.key_id = kid;
     // `iat` in the future (beyond the leeway) is a forged or broken token.
     if claims.iat > crate::unix_now() + leeway_secs {
         return Err(JwtError::Invalid(
             jsonwebtoken::errors::ErrorKind::ImmatureSignature.into(),
         ));
     }
+    // Verified: the issuer is the expected one and the key one of the
+    // set's, so each is kept once for the process and every audit event of
+    // the session carries it without a copy.
+    claims.iss = analytics::label(&claims.iss);
+    claims.key_id = analytics::label(&kid);
+    claims.common_name = claims.common_name.as_deref().map(analytics::label);
+    claims.country = claims.country.as_deref().map(analytics::country_label);
     Ok(claims)
 }
 

@@ -2,6 +2,8 @@
 
 use std::{collections::BTreeMap, net::IpAddr};
 
+use analytics::Label;
+
 use super::{Action, Policy, PolicySet, Selector};
 
 /// A claim value as policies see it.
@@ -32,9 +34,9 @@ pub struct User {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceToken {
     /// Its client id.
-    pub client_id: String,
+    pub client_id: Label,
     /// Its name.
-    pub name: String,
+    pub name: Label,
 }
 
 /// What the proxy knows about a request once credentials are verified.
@@ -78,7 +80,7 @@ pub struct Decision<'p> {
     /// The effect.
     pub effect: Effect,
     /// The deciding policy's name.
-    pub policy: Option<&'p str>,
+    pub policy: Option<&'p Label>,
     /// Index of the include rule that matched in that policy.
     pub include: Option<usize>,
 }
@@ -186,7 +188,7 @@ mod tests {
 
     fn policy(name: &str, action: Action, include: Vec<Selector>) -> Policy {
         Policy {
-            name: name.into(),
+            name: name.to_owned().into(),
             action,
             include,
             require: vec![],
@@ -458,7 +460,11 @@ mod tests {
         ];
         for (name, req, effect, by) in cases {
             let decision = evaluate(&policies, &req);
-            assert_eq!((decision.effect, decision.policy), (effect, by), "{name}");
+            assert_eq!(
+                (decision.effect, decision.policy.map(|p| &**p)),
+                (effect, by),
+                "{name}"
+            );
             assert_eq!(
                 decision.effect.allows(),
                 matches!(effect, Effect::Allow | Effect::Bypass | Effect::ServiceAuth)

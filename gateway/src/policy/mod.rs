@@ -22,6 +22,7 @@ pub mod eval;
 
 use std::collections::BTreeSet;
 
+use analytics::Label;
 use ipnet::IpNet;
 
 /// What a matching policy does.
@@ -91,7 +92,7 @@ impl Selector {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Policy {
     /// Name, reported in decisions and audit records.
-    pub name: String,
+    pub name: Label,
     /// What a match does.
     pub action: Action,
     /// Any of these must match (at least one rule).
@@ -147,14 +148,14 @@ impl PolicySet {
     pub fn new(policies: Vec<Policy>) -> Result<Self, PolicyError> {
         let mut names = BTreeSet::new();
         for policy in &policies {
-            if !names.insert(policy.name.as_str()) {
+            if !names.insert(&*policy.name) {
                 return Err(PolicyError::DuplicateName {
-                    policy: policy.name.clone(),
+                    policy: policy.name.to_string(),
                 });
             }
             if policy.include.is_empty() {
                 return Err(PolicyError::NoInclude {
-                    policy: policy.name.clone(),
+                    policy: policy.name.to_string(),
                 });
             }
             let selectors = || {
@@ -166,7 +167,7 @@ impl PolicySet {
             };
             if policy.action == Action::Bypass && selectors().any(Selector::is_identity) {
                 return Err(PolicyError::IdentityInBypass {
-                    policy: policy.name.clone(),
+                    policy: policy.name.to_string(),
                 });
             }
             for selector in selectors() {
@@ -174,7 +175,7 @@ impl PolicySet {
                     && (domain.is_empty() || domain.contains('@') || domain.starts_with('.'))
                 {
                     return Err(PolicyError::BadDomain {
-                        policy: policy.name.clone(),
+                        policy: policy.name.to_string(),
                         domain: domain.clone(),
                     });
                 }

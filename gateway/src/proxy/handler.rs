@@ -181,7 +181,9 @@ async fn phases(
         ));
     }
     let app = snapshot.route(&host, &path).ok_or(Refusal::NoApp)?;
-    event.app = Some(app.name.clone().into());
+    event.app = Some(app.name.clone());
+    // The same name, kept once for the process rather than copied.
+    event.hostname = Some(app.hostname.clone());
 
     // 5. bypass, 6. identity and policy
     let anonymous = eval::Request {
@@ -215,7 +217,7 @@ async fn phases(
             .as_ref()
             .and_then(|i| i.country.clone())
             .or(relay_country);
-        event.country = country.clone().map(Label::from);
+        event.country = country.clone();
         let evaluated = eval::evaluate(
             &app.policies,
             &eval::Request {
@@ -227,7 +229,7 @@ async fn phases(
         );
         (identity, evaluated)
     };
-    event.policy = decision.policy.map(|p| p.to_owned().into());
+    event.policy = decision.policy.cloned();
     event.rule = decision.include.and_then(|i| u32::try_from(i).ok());
     match decision.effect {
         Effect::Allow | Effect::ServiceAuth | Effect::Bypass => {}
@@ -393,7 +395,7 @@ fn client_address(
     snapshot: &Snapshot,
     connection: &Connection,
     headers: &HeaderMap,
-) -> Result<(IpAddr, Option<String>), Refusal> {
+) -> Result<(IpAddr, Option<Label>), Refusal> {
     let config = &snapshot.config;
     let peer = connection.peer.ip().to_canonical();
     if !config.trusted_relays.iter().any(|net| net.contains(&peer)) {
@@ -414,7 +416,7 @@ fn client_address(
     };
     let country = single(&config.country_header)?
         .filter(|c| c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphanumeric()))
-        .map(str::to_ascii_uppercase);
+        .map(|c| analytics::country_label(&c.to_ascii_uppercase()));
     Ok((client, country))
 }
 
@@ -481,11 +483,11 @@ fn record_identity(event: &mut Event, identity: &Identity) {
         event.subject = Some(user.subject.clone());
     }
     if let Some(token) = &identity.service_token {
-        event.token_client_id = Some(token.client_id.clone().into());
-        event.token_name = Some(token.name.clone().into());
+        event.token_client_id = Some(token.client_id.clone());
+        event.token_name = Some(token.name.clone());
     }
-    event.token_issuer = identity.issuer.clone().map(Label::from);
-    event.key_id = identity.key_id.clone().map(Label::from);
+    event.token_issuer = identity.issuer.clone();
+    event.key_id = identity.key_id.clone();
 }
 
 /// The protocol column's value, as `Version`'s `Debug` spells it.

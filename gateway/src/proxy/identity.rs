@@ -12,6 +12,7 @@
 
 use std::sync::Arc;
 
+use analytics::Label;
 use base64::Engine as _;
 use http::{HeaderMap, HeaderValue};
 
@@ -35,11 +36,11 @@ pub struct Identity {
     /// The verified JWT, forwarded upstream in the assertion header.
     pub token: Option<String>,
     /// Its issuer.
-    pub issuer: Option<String>,
+    pub issuer: Option<Label>,
     /// Its key id.
-    pub key_id: Option<String>,
+    pub key_id: Option<Label>,
     /// Country claim.
-    pub country: Option<String>,
+    pub country: Option<Label>,
     /// The user's email as a header value (checked to be a plain address).
     pub email_header: Option<HeaderValue>,
     /// Service-token headers were verified: exchange them for a session.
@@ -143,8 +144,8 @@ pub async fn authenticate(
             return Err(Refusal::BadCredentials("credential_ambiguous"));
         }
         identity.service_token = Some(ServiceToken {
-            client_id: token.client_id.clone(),
-            name: token.name.clone(),
+            client_id: token.client_id.clone().into(),
+            name: token.name.clone().into(),
         });
         if identity.method.is_empty() {
             identity.method = "service_token";
@@ -169,11 +170,11 @@ async fn verify_token(
     let cached = gateway.verified.get(token, now);
     let unverified;
     let issuer = match &cached {
-        Some(claims) => &claims.iss,
+        Some(claims) => &*claims.iss,
         None => {
             unverified =
                 unverified_issuer(token).ok_or(Refusal::BadCredentials("jwt_malformed"))?;
-            &unverified
+            unverified.as_str()
         }
     };
     // The gateway's own sessions, when the token names the gateway.

@@ -206,7 +206,7 @@ impl SignIn<'_> {
             .route(self.host, path)
             .filter(|app| !app.login.is_empty())
             .ok_or(Refusal::NoApp)?;
-        event.app = Some(app.name.clone().into());
+        event.app = Some(app.name.clone());
         event.reason = "login_required".into();
         let chosen = param(self.parts, "provider")?;
         let response = match (chosen.as_deref(), app.login.as_slice()) {
@@ -357,8 +357,8 @@ impl SignIn<'_> {
             .and_then(|e| e.as_str())
             .map(str::to_owned);
         event.auth_method = Some("oidc".into());
-        event.token_issuer = Some(claims.iss.clone().into());
-        event.key_id = Some(claims.key_id.clone().into());
+        event.token_issuer = Some(claims.iss.clone());
+        event.key_id = Some(claims.key_id.clone());
         let sessions = self
             .gateway
             .sessions
@@ -431,7 +431,7 @@ impl SignIn<'_> {
                 if let Some(jti) = claims.other.get("jti").and_then(|j| j.as_str()) {
                     sessions.revoke(jti, claims.exp, now);
                 }
-                event.app = Some(app.name.clone().into());
+                event.app = Some(app.name.clone());
                 event.subject = Some(claims.sub.clone());
                 event.email = claims.email.clone();
             }
