@@ -23,7 +23,7 @@ const LABEL_BYTES: usize = 1 << 20;
 /// writer's thread: names from the configuration, issuers and key ids of
 /// verified keys, service-token names. Each distinct text is kept once for
 /// the life of the process (a configuration reloaded with the same names
-/// adds nothing); past [`LABEL_BYTES`] in all, texts are copied instead.
+/// adds nothing); past 1 MiB in all, texts are copied instead.
 /// Not for text a client chooses.
 pub fn label(text: &str) -> Label {
     use std::{collections::BTreeSet, sync::Mutex};

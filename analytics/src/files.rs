@@ -158,9 +158,6 @@ pub fn write(root: &Path, name: &str, batches: &[RecordBatch]) -> Result<Vec<Pat
     }
 }
 
-/// The Parquet files of one segment while they are written, one per hour
-/// partition, each under its temporary name until [`FileSet::finish`].
-///
 /// Where [`FileSet::append`] takes sorted rows from.
 enum Sources<'a> {
     /// All batches in one, and where each batch's rows start in it.
@@ -169,6 +166,9 @@ enum Sources<'a> {
     Separate(Vec<&'a RecordBatch>),
 }
 
+/// The Parquet files of one segment while they are written, one per hour
+/// partition, each under its temporary name until [`FileSet::finish`].
+///
 /// Every [`FileSet::append`] sorts its events by time and ends a row group:
 /// the store appends as events arrive, so a segment's events need not all
 /// be held in memory until the roll. Each row group is sorted (the Parquet
