@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! push: build ──► batch ──flush──► segment (.wal/*.arrows)   sync = fsync: durable
-//!                             └──► hidden .tmp Parquet files, a row group per 64k events, sorted by time
+//!                             └──► hidden .tmp Parquet files, a row group per 64k events
+//!                                  (or fewer, once events stop coming), sorted by time
 //!                                                    ──roll──► renamed into date=/hour=/*.parquet,
 //!                                                              then the segment goes
 //! ```
@@ -300,6 +301,22 @@ impl AuditStore {
         appended
     }
 
+    /// Ends the row group being gathered: the events appended to the
+    /// segment go to the files now, and the builder gives back its room.
+    /// The writer calls it once events stop coming, so a gateway that has
+    /// gone quiet after a burst holds none of it in memory (the price is a
+    /// smaller row group). Events pushed and not yet flushed stay pushed.
+    pub fn end_row_group(&mut self) {
+        if let Some(open) = &mut self.open
+            && !open.pending.is_empty()
+        {
+            open.write_pending();
+        }
+        if self.batch.is_empty() {
+            self.batch = EventBatchBuilder::new(&self.config.host, 0);
+        }
+    }
+
     /// Flushes and fsyncs: everything pushed so far is durable.
     pub fn sync(&mut self) -> Result<(), StoreError> {
         self.flush()?;
@@ -535,6 +552,38 @@ mod tests {
         store.roll().unwrap();
         assert_eq!(rows_in_files(dir.path()), n as usize);
         assert!(row_group_times(dir.path()).iter().all(|g| g.is_sorted()));
+    }
+
+    #[test]
+    fn a_row_group_ends_early_when_asked_and_no_event_is_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = AuditStore::open(config(dir.path())).unwrap();
+        // One time for all, so all fall in one hour's file.
+        let start = Event::now_us();
+        let event = |i| Event {
+            time_us: start + i,
+            ..event(i)
+        };
+        for i in 0..100 {
+            store.push(&event(i));
+        }
+        store.flush().unwrap();
+        store.push(&event(100));
+        store.end_row_group();
+        // What was appended is in the files; what was only pushed is not
+        // lost, and goes with the next row group.
+        assert_eq!(store.open.as_ref().unwrap().pending_rows(), 0);
+        assert_eq!(store.pending(), 1);
+        store.push(&event(101));
+        // Nothing pending: nothing to write, no empty row group.
+        store.end_row_group();
+        store.roll().unwrap();
+        let groups = row_group_times(dir.path());
+        assert_eq!(
+            groups.iter().map(Vec::len).collect::<Vec<_>>(),
+            [100, 2],
+            "{groups:?}"
+        );
     }
 
     #[test]

@@ -123,6 +123,8 @@ async fn run(
     let mut received_events = Vec::with_capacity(RECEIVE_EVENTS);
     let mut tick = interval(sync_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // Whether events came in since the last tick.
+    let mut received_since_tick = false;
     loop {
         let received = tokio::select! {
             // The interval first: under a flood, syncs still happen on time.
@@ -135,14 +137,19 @@ async fn run(
                 until_done(store, AuditStore::sync, &receiver).await;
                 if store.roll_due() {
                     until_done(store, |s| s.roll().map(drop), &receiver).await;
+                } else if !received_since_tick {
+                    // Quiet for a whole interval: let go of the row group.
+                    store.end_row_group();
                 }
             }
+            received_since_tick = false;
             sinks.flush_jsonl();
             continue;
         };
         if received == 0 {
             break;
         }
+        received_since_tick = true;
         for event in received_events.drain(..) {
             if let Some(jsonl) = &mut sinks.jsonl {
                 jsonl.write(&event);
