@@ -28,7 +28,7 @@ use arrow::{
     datatypes::{DataType, Field, Int32Type, Schema, SchemaRef, TimeUnit},
 };
 
-use crate::event::Event;
+use crate::event::{Event, Label};
 
 /// Version of the column list; stored in every file's metadata under
 /// [`SCHEMA_VERSION_KEY`].
@@ -128,7 +128,7 @@ macro_rules! columns {
     (@new int32, $n:expr) => { Int32Builder::with_capacity($n) };
     (@new int64, $n:expr) => { Int64Builder::with_capacity($n) };
     (@append $b:expr, time, $v:expr) => { $b.append_value($v) };
-    (@append $b:expr, dict, $v:expr) => { $b.append_option($v) };
+    (@append $b:expr, dict, $v:expr) => { $b.append_label($v) };
     (@append $b:expr, text, $v:expr) => { $b.append_option($v) };
     (@append $b:expr, ip, $v:expr) => { append_ip(&mut $b, $v) };
     (@append $b:expr, constant, $v:expr) => {};
@@ -159,17 +159,48 @@ fn same_label(a: &[u8], b: &[u8]) -> bool {
     }
 }
 
+/// The text of a label, and whether it lives as long as the process
+/// ([`Label::Borrowed`]: names from the configuration, fixed words): such a
+/// text is found again by its address, which no other text can ever take.
+#[derive(Clone, Copy)]
+struct LabelText<'a> {
+    text: &'a str,
+    fixed: bool,
+}
+
+impl<'a> LabelText<'a> {
+    fn of(label: &'a Label) -> Self {
+        Self {
+            text: label,
+            fixed: matches!(label, Label::Borrowed(_)),
+        }
+    }
+
+    fn fixed(text: &'static str) -> Self {
+        Self { text, fixed: true }
+    }
+
+    /// Where a fixed text lives; `None` for others.
+    fn address(self) -> Option<(usize, usize)> {
+        self.fixed
+            .then_some((self.text.as_ptr() as usize, self.text.len()))
+    }
+}
+
 /// Builds a dictionary column of labels: reasons, methods, names from the
 /// configuration. A batch holds a handful of distinct values, and a row
 /// mostly repeats the row before, so a value is first compared with the
-/// previous row's, then with the few distinct values, and hashed only when
-/// a batch holds many. (Arrow's dictionary builder hashes every value; the
+/// previous row's, then with the few distinct values (by address when the
+/// text is fixed, which most are, else by content), and hashed only when a
+/// batch holds many. (Arrow's dictionary builder hashes every value; the
 /// column is the same.)
 struct LabelBuilder {
     keys: Vec<i32>,
     nulls: NullBufferBuilder,
     /// The distinct values in first-seen order: a value's key is its index.
     values: StringBuilder,
+    /// By key, the address of a fixed text the value came from, if any.
+    addresses: Vec<Option<(usize, usize)>>,
     /// Key by value, once there are more than [`SCAN_LABELS`] values.
     by_value: HashMap<Box<str>, i32>,
     /// The key of the last value appended.
@@ -182,6 +213,7 @@ impl LabelBuilder {
             keys: Vec::with_capacity(rows),
             nulls: NullBufferBuilder::new(rows),
             values: StringBuilder::new(),
+            addresses: Vec::new(),
             by_value: HashMap::new(),
             last: None,
         }
@@ -194,7 +226,33 @@ impl LabelBuilder {
         &self.values.values_slice()[offsets[key] as usize..offsets[key + 1] as usize]
     }
 
-    fn key(&mut self, value: &str) -> i32 {
+    fn key(&mut self, label: LabelText) -> i32 {
+        let address = label.address();
+        if address.is_some() {
+            let by_address = self
+                .last
+                .filter(|&last| self.addresses[last as usize] == address);
+            let found = by_address.or_else(|| {
+                (self.addresses.len() <= SCAN_LABELS)
+                    .then(|| self.addresses.iter().position(|&a| a == address))
+                    .flatten()
+                    .map(|key| key as i32)
+            });
+            if let Some(key) = found {
+                self.last = Some(key);
+                return key;
+            }
+        }
+        let key = self.key_by_text(label.text);
+        let known = &mut self.addresses[key as usize];
+        if known.is_none() {
+            *known = address;
+        }
+        self.last = Some(key);
+        key
+    }
+
+    fn key_by_text(&mut self, value: &str) -> i32 {
         if let Some(last) = self.last
             && same_label(self.value(last), value.as_bytes())
         {
@@ -206,9 +264,10 @@ impl LabelBuilder {
         } else {
             self.by_value.get(value).copied()
         };
-        let key = found.unwrap_or_else(|| {
+        found.unwrap_or_else(|| {
             let key = i32::try_from(distinct).expect("fewer distinct values than rows");
             self.values.append_value(value);
+            self.addresses.push(None);
             if distinct == SCAN_LABELS {
                 // From now on by hash: index every value so far.
                 for key in 0..=key {
@@ -219,15 +278,13 @@ impl LabelBuilder {
                 self.by_value.insert(value.into(), key);
             }
             key
-        });
-        self.last = Some(key);
-        key
+        })
     }
 
-    fn append_option(&mut self, value: Option<&str>) {
-        match value {
-            Some(value) => {
-                let key = self.key(value);
+    fn append_label(&mut self, label: Option<LabelText>) {
+        match label {
+            Some(label) => {
+                let key = self.key(label);
                 self.keys.push(key);
                 self.nulls.append_non_null();
             }
@@ -242,6 +299,7 @@ impl LabelBuilder {
     fn finish(&mut self) -> DictionaryArray<Int32Type> {
         let keys = Int32Array::new(std::mem::take(&mut self.keys).into(), self.nulls.finish());
         let values = Arc::new(self.values.finish());
+        self.addresses.clear();
         self.by_value.clear();
         self.last = None;
         DictionaryArray::try_new(keys, values).expect("every key is a value's index")
@@ -296,15 +354,15 @@ columns! {
     /// The machine that decided.
     host: constant required = host;
     /// `xdp` or `http`.
-    layer: dict = event.layer.map(|l| l.as_str());
+    layer: dict = event.layer.map(|l| LabelText::fixed(l.as_str()));
     /// `allow`, `bypass` or `deny`.
-    decision: dict = event.decision.map(|d| d.as_str());
+    decision: dict = event.decision.map(|d| LabelText::fixed(d.as_str()));
     /// Why, e.g. `policy`, `jwt_expired`, `dropped_not_allowed`, `audit_overflow`.
-    reason: dict required = Some(&*event.reason);
+    reason: dict required = Some(LabelText::of(&event.reason));
     /// The application (HTTP).
-    app: dict = event.app.as_deref();
+    app: dict = event.app.as_ref().map(LabelText::of);
     /// The deciding policy.
-    policy: dict = event.policy.as_deref();
+    policy: dict = event.policy.as_ref().map(LabelText::of);
     /// Index of the include rule that matched in that policy.
     rule: int32 = int32(event.rule);
     /// Verified email of the user.
@@ -312,23 +370,23 @@ columns! {
     /// Verified subject of the user.
     subject: text = event.subject.as_deref();
     /// `jwt`, `cookie`, `service_token`, `gateway_session`.
-    auth_method: dict = event.auth_method.as_deref();
+    auth_method: dict = event.auth_method.as_ref().map(LabelText::of);
     /// Service-token client id (never its secret).
-    token_client_id: dict = event.token_client_id.as_deref();
+    token_client_id: dict = event.token_client_id.as_ref().map(LabelText::of);
     /// Service-token name.
-    token_name: dict = event.token_name.as_deref();
+    token_name: dict = event.token_name.as_ref().map(LabelText::of);
     /// Country of the client.
-    country: dict = event.country.as_deref();
+    country: dict = event.country.as_ref().map(LabelText::of);
     /// Client address as text (XDP: the dropped source; null for the sum of single-packet sources).
     client_ip: ip = event.client_ip;
     /// Client TCP port.
     client_port: int32 = int32(event.client_port);
     /// `HTTP/1.1`, `HTTP/2`; XDP: `tcp`, `udp`, `icmp`, ...
-    protocol: dict = event.protocol.as_deref();
+    protocol: dict = event.protocol.as_ref().map(LabelText::of);
     /// HTTP method.
-    method: dict = event.method.as_deref();
+    method: dict = event.method.as_ref().map(LabelText::of);
     /// The request's normalized host name.
-    hostname: dict = event.hostname.as_deref();
+    hostname: dict = event.hostname.as_ref().map(LabelText::of);
     /// The normalized path.
     path: text = event.path.as_deref();
     /// HTTP status sent.
@@ -340,9 +398,9 @@ columns! {
     /// Request id, also sent to the client and the upstream.
     request_id: text = event.request_id.as_deref();
     /// Issuer of the token that authenticated.
-    token_issuer: dict = event.token_issuer.as_deref();
+    token_issuer: dict = event.token_issuer.as_ref().map(LabelText::of);
     /// Key id that signed it.
-    key_id: dict = event.key_id.as_deref();
+    key_id: dict = event.key_id.as_ref().map(LabelText::of);
     /// XDP: destination port of the dropped packets.
     dst_port: int32 = int32(event.dst_port);
     /// XDP: packets in the record; `audit_overflow`: events lost.
@@ -573,18 +631,32 @@ mod tests {
     #[test]
     fn labels_keep_their_values_and_nulls_past_the_scan_limit() {
         // Runs of repeats, values seen again after others, nulls, and more
-        // distinct values than are found by scanning.
-        let values: Vec<Option<String>> = (0..500)
-            .map(|i: usize| match i % 7 {
-                0 => None,
-                1 | 2 => Some(format!("app-{}", i / 50)),
-                _ => Some(format!("app-{}", (i * 31) % (3 * SCAN_LABELS))),
+        // distinct values than are found by scanning; the same text fixed
+        // (at one of two addresses) or copied.
+        let fixed: Vec<&'static str> = (0..3 * SCAN_LABELS)
+            .map(|n| &*format!("app-{n}").leak())
+            .collect();
+        let twins: Vec<&'static str> = (0..3 * SCAN_LABELS)
+            .map(|n| &*format!("app-{n}").leak())
+            .collect();
+        let values: Vec<Option<Label>> = (0..500)
+            .map(|i: usize| {
+                let n = match i % 7 {
+                    0 => return None,
+                    1 | 2 => i / 50,
+                    _ => (i * 31) % (3 * SCAN_LABELS),
+                };
+                Some(match i % 3 {
+                    0 => Label::Borrowed(fixed[n]),
+                    1 => Label::Borrowed(twins[n]),
+                    _ => Label::Owned(format!("app-{n}")),
+                })
             })
             .collect();
         let mut builder = LabelBuilder::with_capacity(4);
         for _ in 0..2 {
             for value in &values {
-                builder.append_option(value.as_deref());
+                builder.append_label(value.as_ref().map(LabelText::of));
             }
             let column = builder.finish();
             let decoded: Vec<Option<&str>> = column
@@ -595,7 +667,7 @@ mod tests {
             let expected: Vec<Option<&str>> = values.iter().map(Option::as_deref).collect();
             assert_eq!(decoded, expected);
             let distinct: std::collections::HashSet<&str> =
-                values.iter().flatten().map(String::as_str).collect();
+                values.iter().flatten().map(|label| &**label).collect();
             assert_eq!(column.values().len(), distinct.len(), "each value once");
         }
         assert!(builder.finish().is_empty(), "finish starts over");
