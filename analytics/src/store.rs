@@ -302,15 +302,17 @@ impl AuditStore {
     }
 
     /// Ends the row group being gathered: the events appended to the
-    /// segment go to the files now, and the builder gives back its room.
-    /// The writer calls it once events stop coming, so a gateway that has
-    /// gone quiet after a burst holds none of it in memory (the price is a
-    /// smaller row group). Events pushed and not yet flushed stay pushed.
+    /// segment go to the files now, and the builder and the segment's
+    /// encoder give back their room. The writer calls it once events stop
+    /// coming, so a gateway that has gone quiet after a burst holds none of
+    /// it in memory (the price is a smaller row group). Events pushed and
+    /// not yet flushed stay pushed.
     pub fn end_row_group(&mut self) {
-        if let Some(open) = &mut self.open
-            && !open.pending.is_empty()
-        {
-            open.write_pending();
+        if let Some(open) = &mut self.open {
+            if !open.pending.is_empty() {
+                open.write_pending();
+            }
+            open.segment.release_buffers();
         }
         if self.batch.is_empty() {
             self.batch = EventBatchBuilder::new(&self.config.host, 0);

@@ -86,6 +86,18 @@ impl Segment {
         self.write_out()
     }
 
+    /// Lets go of the encoding buffers, which keep the size of the largest
+    /// batch's message (megabytes under load) for the segment's life;
+    /// bytes still to be written after a failure are kept.
+    pub fn release_buffers(&mut self) {
+        if self.unwritten.is_empty() {
+            self.unwritten = Vec::new();
+        }
+        // Between appends the encoder's buffer holds nothing: its bytes
+        // were moved to `unwritten`.
+        *self.encoder.get_mut() = Vec::new();
+    }
+
     /// Writes what an earlier failed append left pending.
     pub fn retry(&mut self) -> Result<(), StoreError> {
         if self.unwritten.is_empty() {
@@ -220,6 +232,8 @@ mod tests {
         let path = dir.path().join("s.arrows");
         let mut segment = Segment::create(path.clone()).unwrap();
         segment.append(&batch(0, 5)).unwrap();
+        // Buffers let go of between appends (a quiet writer) change nothing.
+        segment.release_buffers();
         segment.append(&batch(5, 3)).unwrap();
         segment.sync().unwrap();
         let whole = std::fs::metadata(&path).unwrap().len();

@@ -70,10 +70,16 @@ pub enum FinishError {
 
 /// Starts the writer thread, which runs until every sender of `receiver`
 /// is gone and the queue is drained, then rolls what it holds into Parquet.
+///
+/// `on_quiet` runs on the writer's thread once events have stopped coming
+/// for a whole interval and the writer has let go of its row group: the
+/// daemon has its allocator give the freed memory back to the OS there
+/// (mimalloc returns a thread's free pages only when that thread asks).
 pub fn spawn(
     sinks: Sinks,
     receiver: AuditReceiver,
     sync_interval: Duration,
+    on_quiet: fn(),
 ) -> std::io::Result<AuditWriter> {
     let status = sinks.store.as_ref().map(AuditStore::status);
     let (tx, done) = oneshot::channel();
@@ -83,7 +89,7 @@ pub fn spawn(
     let thread = std::thread::Builder::new()
         .name("audit-writer".into())
         .spawn(move || {
-            let result = runtime.block_on(run(sinks, receiver, sync_interval));
+            let result = runtime.block_on(run(sinks, receiver, sync_interval, on_quiet));
             let _ = tx.send(result);
         })?;
     Ok(AuditWriter {
@@ -117,14 +123,16 @@ async fn run(
     mut sinks: Sinks,
     mut receiver: AuditReceiver,
     sync_interval: Duration,
+    on_quiet: fn(),
 ) -> Result<(), StoreError> {
     // A few hundred events at a time: they are still in the CPU's caches
     // when they are encoded and freed.
     let mut received_events = Vec::with_capacity(RECEIVE_EVENTS);
     let mut tick = interval(sync_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    // Whether events came in since the last tick.
-    let mut received_since_tick = false;
+    // Events came in since the last tick; memory was let go of since the
+    // last event.
+    let (mut received_since_tick, mut settled) = (false, true);
     loop {
         let received = tokio::select! {
             // The interval first: under a flood, syncs still happen on time.
@@ -137,10 +145,18 @@ async fn run(
                 until_done(store, AuditStore::sync, &receiver).await;
                 if store.roll_due() {
                     until_done(store, |s| s.roll().map(drop), &receiver).await;
-                } else if !received_since_tick {
-                    // Quiet for a whole interval: let go of the row group.
+                }
+            }
+            if received_since_tick {
+                settled = false;
+            } else if !settled {
+                // Quiet for a whole interval: let go of the row group and
+                // of the memory it held.
+                if let Some(store) = &mut sinks.store {
                     store.end_row_group();
                 }
+                on_quiet();
+                settled = true;
             }
             received_since_tick = false;
             sinks.flush_jsonl();
@@ -217,5 +233,73 @@ async fn until_done(
     if reported.is_some() {
         info!("audit store recovered");
         status.set_error(None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use parquet::file::reader::{FileReader as _, SerializedFileReader};
+
+    use super::*;
+    use crate::{Event, Overflow, Retention, StoreConfig, files};
+
+    static QUIET_SPELLS: AtomicUsize = AtomicUsize::new(0);
+
+    fn count_quiet_spell() {
+        QUIET_SPELLS.fetch_add(1, Ordering::SeqCst);
+    }
+
+    #[tokio::test]
+    async fn a_quiet_writer_ends_its_row_group_once_per_quiet_spell() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = AuditStore::open(StoreConfig {
+            dir: dir.path().to_owned(),
+            host: "origin-1".into(),
+            roll_interval: Duration::from_secs(3600),
+            roll_events: 1_000_000,
+            retention: Retention::default(),
+        })
+        .unwrap();
+        let (sender, receiver) = crate::channel(64);
+        let sinks = Sinks {
+            store: Some(store),
+            jsonl: None,
+        };
+        let writer = spawn(
+            sinks,
+            receiver,
+            Duration::from_millis(50),
+            count_quiet_spell,
+        )
+        .unwrap();
+        // One time for all: one hour, one file.
+        let time_us = Event::now_us();
+        for spell in 1..=2 {
+            for _ in 0..10 {
+                let event = Event {
+                    time_us,
+                    reason: "policy".into(),
+                    ..Event::default()
+                };
+                sender.send(event, Overflow::FailClosed).unwrap();
+            }
+            // Many quiet intervals; one call each spell.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert_eq!(QUIET_SPELLS.load(Ordering::SeqCst), spell);
+        }
+        drop(sender);
+        writer.finish(Duration::from_secs(10)).await.unwrap();
+        let written = files::list(dir.path());
+        assert_eq!(written.len(), 1);
+        let file = SerializedFileReader::new(std::fs::File::open(&written[0]).unwrap()).unwrap();
+        let groups: Vec<i64> = file
+            .metadata()
+            .row_groups()
+            .iter()
+            .map(|group| group.num_rows())
+            .collect();
+        assert_eq!(groups, [10, 10], "a row group ended by each quiet spell");
     }
 }

@@ -29,6 +29,20 @@ pub fn return_freed_memory_promptly() {
     }
 }
 
+/// Hands back to the OS, at once, the pages the calling thread's heap
+/// holds free.
+///
+/// A thread that goes quiet right after freeing a lot makes no later
+/// allocation to run mimalloc's delayed returns in. The audit writer
+/// calls this when it has let go of its row group after a burst: in the
+/// gateway benchmark, 10k idle connections after the load went from 80 to
+/// 73 MiB.
+pub fn return_free_pages() {
+    // SAFETY: asks mimalloc to collect the calling thread's heap and purge
+    // what is free; no memory in use is touched.
+    unsafe { libmimalloc_sys::mi_collect(true) };
+}
+
 #[cfg(test)]
 mod tests {
     use libmimalloc_sys::mi_option_get;

@@ -284,8 +284,13 @@ fn start_audit(
         store: Some(store),
         jsonl,
     };
-    analytics::writer::spawn(sinks, receiver, config.sync_interval)
-        .map_err(DaemonError::AuditWriter)
+    analytics::writer::spawn(
+        sinks,
+        receiver,
+        config.sync_interval,
+        crate::allocator::return_free_pages,
+    )
+    .map_err(DaemonError::AuditWriter)
 }
 
 /// The XDP side of the running daemon.

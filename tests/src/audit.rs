@@ -193,7 +193,7 @@ impl Writer {
             store: Some(store),
             jsonl: None,
         };
-        let writer = analytics::writer::spawn(sinks, receiver, sync_interval)
+        let writer = analytics::writer::spawn(sinks, receiver, sync_interval, || {})
             .expect("start the audit writer");
         Self {
             sender,

@@ -288,7 +288,8 @@ fn ingest(sink: &str, dir: &Path) -> Value {
     // The writer thread inherits this CPU; the sender then moves away.
     gateway_tests::pin_thread_to_cpu(WRITER_CPU);
     let (sender, receiver) = analytics::channel(QUEUE);
-    let writer = writer::spawn(sinks, receiver, Duration::from_secs(1)).expect("start the writer");
+    let writer =
+        writer::spawn(sinks, receiver, Duration::from_secs(1), || {}).expect("start the writer");
     gateway_tests::pin_thread_to_cpu(SENDER_CPU);
 
     let started = Instant::now();
