@@ -88,15 +88,25 @@ fn response(stream: &mut impl Read) -> (u16, bool) {
     (status, head.contains("connection: close"))
 }
 
-/// The gateway's count of parked connections.
-fn parked(h: &Harness) -> u64 {
+/// The gauge `name` of the gateway's metrics.
+fn gauge(h: &Harness, name: &str) -> u64 {
     let (status, _, metrics) = h.admin_get("/metrics");
     assert_eq!(status, 200);
     metrics
         .lines()
-        .find_map(|l| l.strip_prefix("gateway_http_connections_parked "))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no parked-connections gauge in {metrics}"))
+        .unwrap_or_else(|| panic!("no {name} gauge in {metrics}"))
+}
+
+/// The gateway's count of parked connections.
+fn parked(h: &Harness) -> u64 {
+    gauge(h, "gateway_http_connections_parked")
+}
+
+/// The gateway's count of open client connections.
+fn open(h: &Harness) -> u64 {
+    gauge(h, "gateway_http_connections")
 }
 
 /// Three requests on one connection with a parking before each of the
@@ -116,7 +126,7 @@ fn serves_across_parking(stream: &mut (impl Read + Write), h: &Harness) {
     stream.write_all(rest).expect("send");
     assert_eq!(response(stream), (200, false));
     until_parked();
-    assert_eq!(parked(h), 1);
+    assert_eq!((parked(h), open(h)), (1, 1), "parked, still open");
     stream.write_all(&request("/third")).expect("send");
     assert_eq!(response(stream), (200, false));
     assert_eq!(parked(h), 0);
@@ -162,6 +172,8 @@ fn a_parked_connection_closes_after_the_header_timeout() {
         "closed after {:?}, before the header timeout",
         idle.elapsed()
     );
+    // Closed from its parked task: no longer counted open or parked.
+    assert_eq!((open(&h), parked(&h)), (0, 0));
 }
 
 #[test]

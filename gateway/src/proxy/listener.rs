@@ -5,6 +5,7 @@
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use hyper::service::service_fn;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::{
     net::TcpListener,
     sync::{mpsc, watch},
@@ -102,7 +103,7 @@ impl Listeners {
     /// Starts the accept loops, plus the certificate reload timer.
     pub fn spawn(&mut self, gateway: &Arc<Gateway>, tasks: &mut tokio::task::JoinSet<()>) {
         let config = &gateway.snapshot.load().config;
-        let settings = Arc::new(Settings::new(config));
+        let settings = Arc::new(Settings::new(config, gateway.metrics.parked.clone()));
         let header_timeout = config.header_timeout;
         let cert_reload = config.cert_reload;
         for bound in self.bound.drain(..) {
@@ -201,22 +202,18 @@ async fn accept_loop(
                     tls: false,
                     sni: None,
                 };
-                tokio::spawn(async move {
-                    let _open = open;
-                    serve(
-                        &settings,
-                        stream,
-                        Protocol::Sniff,
-                        gateway,
-                        connection,
-                        stop,
-                    )
-                    .await;
-                });
+                tokio::spawn(serve(
+                    settings,
+                    stream,
+                    Protocol::Sniff,
+                    gateway,
+                    connection,
+                    stop,
+                    open,
+                ));
             }
             Some(acceptor) => {
                 tokio::spawn(async move {
-                    let _open = open;
                     // Boxed, the handshake's and the session's state take
                     // no room in the task of every idle connection.
                     let stream = match tokio::time::timeout(
@@ -248,7 +245,7 @@ async fn accept_loop(
                         tls: true,
                         sni,
                     };
-                    serve(&settings, stream, protocol, gateway, connection, stop).await;
+                    serve(settings, stream, protocol, gateway, connection, stop, open).await;
                 });
             }
         }
@@ -259,20 +256,44 @@ async fn accept_loop(
     let _ = done.send(());
 }
 
+/// A connection counted open, and the listener's drain kept waiting, until
+/// this is dropped (the connection may end in another task than its first).
+struct OpenConnection {
+    connections: Gauge,
+    _drain: mpsc::Sender<()>,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.connections.dec();
+    }
+}
+
 async fn serve<T: Transport>(
-    settings: &Settings,
+    settings: Arc<Settings>,
     stream: T,
     protocol: Protocol,
     gateway: Arc<Gateway>,
     connection: Connection,
     stop: watch::Receiver<bool>,
+    drain: mpsc::Sender<()>,
 ) {
-    let connection = Arc::new(connection);
     let peer = connection.peer;
+    let connection = Arc::new(connection);
     let activity = Arc::new(Activity::default());
     let requests = activity.clone();
     let connections = gateway.metrics.connections.clone();
-    let parked = gateway.metrics.parked.clone();
+    connections.inc();
+    let open = OpenConnection {
+        connections,
+        _drain: drain,
+    };
+    let on_close: serve::OnClose = Box::new(move |result| {
+        let _open = open;
+        if let Err(e) = result {
+            debug!(%peer, error = %e, "connection ended with an error");
+        }
+    });
     // Boxed per request: hyper keeps room for one response future on every
     // connection, idle ones included, so a box keeps that room small.
     let service = service_fn(move |request| {
@@ -284,10 +305,8 @@ async fn serve<T: Transport>(
             response
         })
     });
-    connections.inc();
-    if let Err(e) = serve::serve(settings, stream, protocol, service, activity, &parked, stop).await
-    {
-        debug!(%peer, error = %e, "connection ended with an error");
-    }
-    connections.dec();
+    serve::serve(
+        settings, stream, protocol, service, activity, stop, on_close,
+    )
+    .await;
 }
