@@ -265,8 +265,7 @@ struct Http1<T, S> {
 
 /// Serves HTTP/1 requests until the connection closes, or until it parks:
 /// then a task of its own, sized for waiting only, waits for its next
-/// request (a parked connection costs that task, about a third of this
-/// one's).
+/// request.
 async fn serve_http1<T, S>(mut conn: Http1<T, S>)
 where
     T: Transport,
