@@ -116,11 +116,18 @@ fn main() {
     let mut rows = Vec::new();
     let mut notes = Vec::new();
 
-    // In turn, so a slow spell of the machine touches both sinks alike.
+    // The runs go in turn, so a slow spell of the machine touches both
+    // sinks alike.
     let (mut parquet_runs, mut jsonl_runs) = (Vec::new(), Vec::new());
-    for _ in 0..INGEST_RUNS {
-        parquet_runs.push(ingest_child("parquet", &work.path().join("parquet")));
-        jsonl_runs.push(ingest_child("jsonl", &work.path().join("jsonl")));
+    for run in 0..INGEST_RUNS {
+        parquet_runs.push(ingest_child(
+            "parquet",
+            &work.path().join(format!("parquet-{run}")),
+        ));
+        jsonl_runs.push(ingest_child(
+            "jsonl",
+            &work.path().join(format!("jsonl-{run}")),
+        ));
     }
     let ours = median_run(&parquet_runs);
     let lines = median_run(&jsonl_runs);
@@ -227,8 +234,13 @@ fn write_query_data(dir: &Path) {
     audit::write_events(dir, query_events());
 }
 
-/// Runs one ingest in a child process and returns what it printed.
+/// Runs [`ingest`] in a child process, in `dir`, which it removes after,
+/// and returns what it printed. Dirty pages of whatever ran before (the benchmark's build, the last
+/// run's files) are written out first, so no fsync of the run waits
+/// behind them.
 fn ingest_child(sink: &str, dir: &Path) -> Value {
+    let synced = Command::new("sync").status();
+    assert!(synced.is_ok_and(|s| s.success()), "sync failed");
     let out = Command::new(std::env::current_exe().expect("own path"))
         .args(["ingest", sink])
         .arg(dir)
@@ -236,6 +248,7 @@ fn ingest_child(sink: &str, dir: &Path) -> Value {
         .output()
         .expect("start the ingest run");
     assert!(out.status.success(), "the {sink} ingest run failed");
+    std::fs::remove_dir_all(dir).expect("remove the ingest run's files");
     serde_json::from_slice(&out.stdout).expect("the ingest run's result")
 }
 
