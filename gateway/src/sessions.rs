@@ -249,12 +249,7 @@ impl Sessions {
         crate::jwt::verify(
             token,
             &ring.key_set,
-            &Expectations {
-                issuer: self.config.issuer.clone(),
-                audience: audience.to_owned(),
-                token_type: "app".into(),
-                leeway_secs: 5,
-            },
+            &Expectations::new(&self.config.issuer, audience, "app", 5),
         )
     }
 

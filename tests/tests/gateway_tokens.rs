@@ -93,12 +93,7 @@ async fn service_tokens_are_exchanged_for_sessions_and_their_lifecycle_applies_l
     let claims = gateway::jwt::verify(
         &session,
         &keys,
-        &Expectations {
-            issuer: "https://gateway.test".into(),
-            audience: "app:api".into(),
-            token_type: "app".into(),
-            leeway_secs: 5,
-        },
+        &Expectations::new("https://gateway.test", "app:api", "app", 5),
     )
     .expect("the session verifies with the published keys");
     assert_eq!(claims.common_name.as_deref(), Some(bot_id.as_str()));

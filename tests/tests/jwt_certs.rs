@@ -48,12 +48,7 @@ fn token(key: &Key, kid: &str) -> String {
 }
 
 fn expect() -> Expectations {
-    Expectations {
-        issuer: ISS.into(),
-        audience: AUD.into(),
-        token_type: "app".into(),
-        leeway_secs: 30,
-    }
+    Expectations::new(ISS, AUD, "app", 30)
 }
 
 fn cache(server: &HttpsServer, dir: &tempfile::TempDir, cooldown: Duration) -> CertsCache {

@@ -23,14 +23,19 @@ pub mod certs;
 pub mod crypto;
 pub mod verified;
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    borrow::Cow,
+    collections::{BTreeMap, HashMap},
+};
 
 use analytics::Label;
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{
     Algorithm, DecodingKey, Validation,
+    errors::ErrorKind,
     jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm},
 };
-use serde::Deserialize;
+use serde::{Deserialize, de::IgnoredAny};
 
 /// Why a key set or a token was refused.
 #[derive(Debug, thiserror::Error)]
@@ -149,17 +154,67 @@ fn pinned_algorithm(jwk: &Jwk) -> Option<Algorithm> {
     }
 }
 
-/// What a valid token must say.
+/// What a valid token must say. Made once for each issuer and audience,
+/// not for each token: it holds jsonwebtoken's rules already built.
 #[derive(Clone, Debug)]
 pub struct Expectations {
-    /// Exact `iss` (e.g. `https://team.cloudflareaccess.com`).
-    pub issuer: String,
-    /// The app's AUD tag, which `aud` must contain.
-    pub audience: String,
-    /// The `type` claim (`app` for Cloudflare application tokens).
-    pub token_type: String,
-    /// Clock skew allowed on `exp`, `nbf` and `iat`, in seconds.
-    pub leeway_secs: u64,
+    token_type: String,
+    rules: Rules,
+}
+
+impl Expectations {
+    /// `iss` must be `issuer` exactly (e.g.
+    /// `https://team.cloudflareaccess.com`), `aud` must contain `audience`
+    /// (the app's AUD tag), the `type` claim must be `token_type` (`app` for
+    /// Cloudflare application tokens); `exp`, `nbf` and `iat` are checked
+    /// with `leeway_secs` of clock skew.
+    pub fn new(issuer: &str, audience: &str, token_type: &str, leeway_secs: u64) -> Self {
+        Self {
+            token_type: token_type.to_owned(),
+            rules: Rules::new(
+                issuer,
+                audience,
+                leeway_secs,
+                &["exp", "nbf", "iat", "iss", "aud"],
+            ),
+        }
+    }
+}
+
+/// jsonwebtoken's validation for one issuer and audience, one for each
+/// algorithm a key can be pinned to (a `Validation` names the algorithms
+/// it accepts).
+#[derive(Clone, Debug)]
+struct Rules {
+    /// In the order of [`PINNABLE`].
+    validations: [Validation; 3],
+    leeway_secs: u64,
+}
+
+/// The algorithms [`pinned_algorithm`] pins keys to.
+const PINNABLE: [Algorithm; 3] = [Algorithm::RS256, Algorithm::ES256, Algorithm::EdDSA];
+
+impl Rules {
+    fn new(issuer: &str, audience: &str, leeway_secs: u64, required: &[&str]) -> Self {
+        let validations = PINNABLE.map(|algorithm| {
+            let mut validation = Validation::new(algorithm);
+            validation.set_issuer(&[issuer]);
+            validation.set_audience(&[audience]);
+            validation.set_required_spec_claims(required);
+            validation.validate_nbf = true;
+            validation.leeway = leeway_secs;
+            validation
+        });
+        Self {
+            validations,
+            leeway_secs,
+        }
+    }
+
+    fn validation(&self, algorithm: Algorithm) -> Option<&Validation> {
+        let at = PINNABLE.iter().position(|a| *a == algorithm)?;
+        Some(&self.validations[at])
+    }
 }
 
 /// The claims policies and audit records use.
@@ -198,14 +253,7 @@ pub struct Claims {
 
 /// Validates `token` against `keys` and `expect`.
 pub fn verify(token: &str, keys: &KeySet, expect: &Expectations) -> Result<Claims, JwtError> {
-    let claims = check(
-        token,
-        keys,
-        &expect.issuer,
-        &expect.audience,
-        expect.leeway_secs,
-        &["exp", "nbf", "iat", "iss", "aud"],
-    )?;
+    let claims = check(token, keys, &expect.rules)?;
     let found = claims.token_type.clone().unwrap_or_default();
     if found != expect.token_type {
         return Err(JwtError::WrongType {
@@ -227,32 +275,55 @@ pub fn verify_id_token(
     client_id: &str,
     leeway_secs: u64,
 ) -> Result<Claims, JwtError> {
-    let claims = check(
-        token,
-        keys,
+    let rules = Rules::new(
         issuer,
         client_id,
         leeway_secs,
         &["exp", "iat", "iss", "aud", "sub"],
-    )?;
+    );
+    let claims = check(token, keys, &rules)?;
     if claims.sub.is_empty() {
         return Err(JwtError::Invalid(
-            jsonwebtoken::errors::ErrorKind::MissingRequiredClaim("sub".into()).into(),
+            ErrorKind::MissingRequiredClaim("sub".into()).into(),
         ));
     }
     Ok(claims)
 }
 
+/// What of a token's header chooses its key, and the members that would
+/// make us fetch or trust a key from the token. Read before the key is
+/// known, borrowing from the decoded header; jsonwebtoken reads the whole
+/// header again as it verifies.
+#[derive(Deserialize)]
+struct KeyChoice<'a> {
+    alg: Algorithm,
+    #[serde(borrow)]
+    kid: Option<Cow<'a, str>>,
+    jku: Option<IgnoredAny>,
+    x5u: Option<IgnoredAny>,
+    jwk: Option<IgnoredAny>,
+    x5c: Option<IgnoredAny>,
+}
+
+/// The decoded header of `token` (the part before its last two dots, as
+/// jsonwebtoken splits it).
+fn decoded_header(token: &str) -> Result<Vec<u8>, JwtError> {
+    let malformed = |kind: ErrorKind| JwtError::Malformed(kind.into());
+    let header = token
+        .rsplit_once('.')
+        .and_then(|(message, _)| message.rsplit_once('.'))
+        .map(|(header, _)| header)
+        .ok_or_else(|| malformed(ErrorKind::InvalidToken))?;
+    URL_SAFE_NO_PAD
+        .decode(header)
+        .map_err(|e| malformed(ErrorKind::Base64(e)))
+}
+
 /// Header, key, algorithm, signature, issuer, audience and times.
-fn check(
-    token: &str,
-    keys: &KeySet,
-    issuer: &str,
-    audience: &str,
-    leeway_secs: u64,
-    required: &[&str],
-) -> Result<Claims, JwtError> {
-    let header = jsonwebtoken::decode_header(token).map_err(JwtError::Malformed)?;
+fn check(token: &str, keys: &KeySet, rules: &Rules) -> Result<Claims, JwtError> {
+    let decoded = decoded_header(token)?;
+    let header: KeyChoice = serde_json::from_slice(&decoded)
+        .map_err(|e| JwtError::Malformed(ErrorKind::Json(e.into()).into()))?;
     if header.jku.is_some() {
         return Err(JwtError::ForbiddenHeader("jku"));
     }
@@ -268,28 +339,25 @@ fn check(
     let kid = header.kid.ok_or(JwtError::NoKid)?;
     let (algorithm, key) = keys
         .keys
-        .get(&kid)
-        .ok_or_else(|| JwtError::UnknownKid(kid.clone()))?;
+        .get(&*kid)
+        .ok_or_else(|| JwtError::UnknownKid(kid.clone().into_owned()))?;
     if header.alg != *algorithm {
         return Err(JwtError::AlgorithmMismatch {
             token: header.alg,
             key: *algorithm,
         });
     }
-    let mut validation = Validation::new(*algorithm);
-    validation.set_issuer(&[issuer]);
-    validation.set_audience(&[audience]);
-    validation.set_required_spec_claims(required);
-    validation.validate_nbf = true;
-    validation.leeway = leeway_secs;
-    let data =
-        jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(JwtError::Invalid)?;
+    let validation = rules
+        .validation(*algorithm)
+        .ok_or(JwtError::AlgorithmMismatch {
+            token: header.alg,
+            key: *algorithm,
+        })?;
+    let data = jsonwebtoken::decode::<Claims>(token, key, validation).map_err(JwtError::Invalid)?;
     let mut claims = data.claims;
     // `iat` in the future (beyond the leeway) is a forged or broken token.
-    if claims.iat > crate::unix_now() + leeway_secs {
-        return Err(JwtError::Invalid(
-            jsonwebtoken::errors::ErrorKind::ImmatureSignature.into(),
-        ));
+    if claims.iat > crate::unix_now() + rules.leeway_secs {
+        return Err(JwtError::Invalid(ErrorKind::ImmatureSignature.into()));
     }
     // Verified: the issuer is the expected one and the key one of the
     // set's, so each is kept once for the process and every audit event of
@@ -314,7 +382,7 @@ mod tests {
     const AUD: &str = "aud-tag-1";
 
     pub(super) fn b64(bytes: &[u8]) -> String {
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+        URL_SAFE_NO_PAD.encode(bytes)
     }
 
     /// A key of each algorithm the gateway pins, for the tests of this
@@ -374,12 +442,7 @@ mod tests {
     }
 
     fn expect() -> Expectations {
-        Expectations {
-            issuer: ISS.into(),
-            audience: AUD.into(),
-            token_type: "app".into(),
-            leeway_secs: 30,
-        }
+        Expectations::new(ISS, AUD, "app", 30)
     }
 
     fn key_set(signers: &[&Signer]) -> KeySet {
@@ -580,10 +643,7 @@ mod tests {
             verify(&token, &keys, &expect()).is_ok(),
             "10 s late is inside 30 s of leeway"
         );
-        let strict = Expectations {
-            leeway_secs: 0,
-            ..expect()
-        };
+        let strict = Expectations::new(ISS, AUD, "app", 0);
         assert!(verify(&token, &keys, &strict).is_err());
     }
 

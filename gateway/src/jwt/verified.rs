@@ -47,11 +47,25 @@ impl std::fmt::Debug for VerifiedTokens {
     }
 }
 
-fn key(token: &str) -> [u8; 32] {
-    let hash = digest::digest(&digest::SHA256, token.as_bytes());
-    let mut key = [0u8; 32];
-    key.copy_from_slice(hash.as_ref());
-    key
+/// Where a token sits in the cache: its SHA-256, taken once for the lookup
+/// and for the insert that follows a miss, and its length, which weighs
+/// the entry.
+pub struct TokenKey {
+    hash: [u8; 32],
+    token_len: usize,
+}
+
+impl TokenKey {
+    /// The key of `token`.
+    pub fn of(token: &str) -> Self {
+        let digest = digest::digest(&digest::SHA256, token.as_bytes());
+        let mut hash = [0u8; 32];
+        hash.copy_from_slice(digest.as_ref());
+        Self {
+            hash,
+            token_len: token.len(),
+        }
+    }
 }
 
 impl VerifiedTokens {
@@ -65,22 +79,21 @@ impl VerifiedTokens {
         }
     }
 
-    /// The claims of `token` if it was verified before and has not expired
+    /// The claims of `key`'s token if it was verified before and has not expired
     /// at `now` (Unix seconds).
-    pub fn get(&self, token: &str, now: u64) -> Option<Arc<Claims>> {
-        let key = key(token);
-        let entry = self.cache.get(&key)?;
+    pub fn get(&self, key: &TokenKey, now: u64) -> Option<Arc<Claims>> {
+        let entry = self.cache.get(&key.hash)?;
         if now >= entry.claims.exp {
-            self.cache.remove(&key);
+            self.cache.remove(&key.hash);
             return None;
         }
         Some(entry.claims)
     }
 
     /// Remembers a token that just verified.
-    pub fn insert(&self, token: &str, claims: Arc<Claims>) {
-        let weight = ENTRY_OVERHEAD + 2 * token.len() as u64;
-        self.cache.insert(key(token), Entry { claims, weight });
+    pub fn insert(&self, key: TokenKey, claims: Arc<Claims>) {
+        let weight = ENTRY_OVERHEAD + 2 * key.token_len as u64;
+        self.cache.insert(key.hash, Entry { claims, weight });
     }
 
     /// Entries held (expired ones included until looked up or evicted).
@@ -124,18 +137,28 @@ mod tests {
     #[test]
     fn hits_until_expiry_only() {
         let cache = VerifiedTokens::new(1 << 16);
-        cache.insert("token-a", claims(1000));
-        assert_eq!(cache.get("token-a", 999).unwrap().exp, 1000);
-        assert!(cache.get("token-a", 1000).is_none(), "expired at exp");
-        assert!(cache.get("token-a", 999).is_none(), "and removed");
-        assert!(cache.get("token-b", 1).is_none());
+        cache.insert(TokenKey::of("token-a"), claims(1000));
+        assert_eq!(cache.get(&TokenKey::of("token-a"), 999).unwrap().exp, 1000);
+        assert!(
+            cache.get(&TokenKey::of("token-a"), 1000).is_none(),
+            "expired at exp"
+        );
+        assert!(
+            cache.get(&TokenKey::of("token-a"), 999).is_none(),
+            "and removed"
+        );
+        assert!(cache.get(&TokenKey::of("token-b"), 1).is_none());
     }
 
     #[test]
     fn a_different_token_with_the_same_claims_is_not_a_hit() {
         let cache = VerifiedTokens::new(1 << 16);
-        cache.insert("header.payload.signature", claims(1000));
-        assert!(cache.get("header.payload.signaturf", 1).is_none());
+        cache.insert(TokenKey::of("header.payload.signature"), claims(1000));
+        assert!(
+            cache
+                .get(&TokenKey::of("header.payload.signaturf"), 1)
+                .is_none()
+        );
     }
 
     #[test]
@@ -144,13 +167,15 @@ mod tests {
         let cache = VerifiedTokens::new(budget);
         let token = "t".repeat(700);
         for i in 0..10_000 {
-            cache.insert(&format!("{token}-{i}"), claims(u64::MAX));
+            cache.insert(TokenKey::of(&format!("{token}-{i}")), claims(u64::MAX));
         }
         assert!(cache.weight() <= budget, "{} bytes", cache.weight());
         // About 1.7 KiB an entry: several hundred fit, not thousands.
         assert!((300..700).contains(&cache.len()), "{} entries", cache.len());
         assert!(
-            cache.get(&format!("{token}-9999"), 1).is_some(),
+            cache
+                .get(&TokenKey::of(&format!("{token}-9999")), 1)
+                .is_some(),
             "newest kept"
         );
     }

@@ -10,7 +10,7 @@
 //! A relay token with an empty `sub` and a `common_name` is the relay's
 //! service-token session: it identifies a service token, not a user.
 
-use std::sync::Arc;
+use std::{borrow::Cow, sync::Arc};
 
 use analytics::Label;
 use base64::Engine as _;
@@ -20,7 +20,7 @@ use super::{Gateway, Snapshot, refusal::Refusal};
 use crate::{
     config::App,
     credentials::{self, TokenSource},
-    jwt::{Claims, Expectations},
+    jwt::{Claims, verified::TokenKey},
     policy::eval::{ClaimValue, ServiceToken, User},
 };
 
@@ -167,7 +167,8 @@ async fn verify_token(
     token: &str,
     now: u64,
 ) -> Result<Arc<Claims>, Refusal> {
-    let cached = gateway.verified.get(token, now);
+    let key = TokenKey::of(token);
+    let cached = gateway.verified.get(&key, now);
     let unverified;
     let issuer = match &cached {
         Some(claims) => &*claims.iss,
@@ -179,8 +180,8 @@ async fn verify_token(
     };
     // The gateway's own sessions, when the token names the gateway.
     let sessions = gateway.sessions.as_ref().filter(|s| s.issuer() == issuer);
-    let audience = match sessions {
-        Some(_) => session_audience(app),
+    let audience: Cow<str> = match sessions {
+        Some(_) => session_audience(app).into(),
         None => {
             if source == TokenSource::Cookie && !app.cookie {
                 return Err(Refusal::BadCredentials("cookie_not_enabled"));
@@ -189,8 +190,9 @@ async fn verify_token(
                 return Err(Refusal::BadCredentials("jwt_wrong_issuer"));
             }
             app.aud
-                .clone()
+                .as_deref()
                 .ok_or(Refusal::BadCredentials("jwt_wrong_audience"))?
+                .into()
         }
     };
     if let Some(claims) = cached {
@@ -208,21 +210,19 @@ async fn verify_token(
             let Some(relay) = snapshot.relay.as_ref() else {
                 return Err(Refusal::BadCredentials("jwt_wrong_issuer"));
             };
-            let expect = Expectations {
-                issuer: relay.config.issuer.clone(),
-                audience,
-                token_type: relay.config.token_type.clone(),
-                leeway_secs: relay.config.leeway_secs,
-            };
+            let expect = relay
+                .expectations
+                .get(&*audience)
+                .ok_or(Refusal::BadCredentials("jwt_wrong_audience"))?;
             relay
                 .certs
-                .verify(token, &expect)
+                .verify(token, expect)
                 .await
                 .map_err(|e| Refusal::from(&e))?
         }
     };
     let claims = Arc::new(claims);
-    gateway.verified.insert(token, claims.clone());
+    gateway.verified.insert(key, claims.clone());
     Ok(claims)
 }
 

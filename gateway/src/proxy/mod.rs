@@ -27,6 +27,7 @@ pub mod signin;
 pub mod tls;
 
 use std::{
+    collections::HashMap,
     path::{Path, PathBuf},
     sync::{Arc, Mutex},
     time::Duration,
@@ -40,7 +41,7 @@ use tracing::{info, warn};
 use crate::{
     config::{App, HttpConfig, http::RelayConfig},
     error_chain,
-    jwt::{certs::CertsCache, verified::VerifiedTokens},
+    jwt::{Expectations, certs::CertsCache, verified::VerifiedTokens},
     oidc::{OidcError, Provider, login::Sealer},
     sessions::{SessionError, Sessions},
     tokens::{TokenError, TokenStore},
@@ -95,6 +96,8 @@ pub struct RelayVerifier {
     pub config: RelayConfig,
     /// Its keys (shared across reloads while the URL is unchanged).
     pub certs: Arc<CertsCache>,
+    /// What its tokens must say for each app's AUD tag.
+    pub expectations: HashMap<String, Expectations>,
 }
 
 /// What a SIGHUP replaces: applications, policies, relay settings,
@@ -117,7 +120,7 @@ impl Snapshot {
         let relay = config
             .relay
             .as_ref()
-            .map(|r| relay_verifier(r, previous.and_then(|p| p.relay.as_ref())));
+            .map(|r| relay_verifier(r, &config.apps, previous.and_then(|p| p.relay.as_ref())));
         let providers = config
             .oidc
             .iter()
@@ -282,26 +285,35 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn relay_verifier(
     config: &RelayConfig,
+    apps: &[App],
     previous: Option<&Arc<RelayVerifier>>,
 ) -> Arc<RelayVerifier> {
-    match previous {
+    let certs = match previous {
         Some(old)
             if old.config.certs_url == config.certs_url && old.config.ca_file == config.ca_file =>
         {
-            Arc::new(RelayVerifier {
-                config: config.clone(),
-                certs: old.certs.clone(),
-            })
+            old.certs.clone()
         }
-        _ => Arc::new(RelayVerifier {
-            config: config.clone(),
-            certs: Arc::new(CertsCache::new(
-                config.certs_url.clone(),
-                config.ca_file.clone(),
-                config.kid_cooldown,
-            )),
-        }),
-    }
+        _ => Arc::new(CertsCache::new(
+            config.certs_url.clone(),
+            config.ca_file.clone(),
+            config.kid_cooldown,
+        )),
+    };
+    let expectations = apps
+        .iter()
+        .filter_map(|app| app.aud.as_deref())
+        .map(|aud| {
+            let expect =
+                Expectations::new(&config.issuer, aud, &config.token_type, config.leeway_secs);
+            (aud.to_owned(), expect)
+        })
+        .collect();
+    Arc::new(RelayVerifier {
+        config: config.clone(),
+        certs,
+        expectations,
+    })
 }
 
 /// The running identity gateway.
