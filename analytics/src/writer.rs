@@ -36,6 +36,9 @@ const GATHER_WINDOW: Duration = Duration::from_millis(10);
 /// How often a failed step is tried again.
 pub const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 
+/// The writer thread's name, as `ps`, `top` and `/proc` show it.
+pub const THREAD_NAME: &str = "audit-writer";
+
 /// Where events go.
 #[derive(Debug, Default)]
 pub struct Sinks {
@@ -87,7 +90,7 @@ pub fn spawn(
         .enable_time()
         .build()?;
     let thread = std::thread::Builder::new()
-        .name("audit-writer".into())
+        .name(THREAD_NAME.into())
         .spawn(move || {
             let result = runtime.block_on(run(sinks, receiver, sync_interval, on_quiet));
             let _ = tx.send(result);

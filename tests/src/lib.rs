@@ -75,6 +75,41 @@ pub fn pin_thread_to_cpu(cpu: usize) {
     }
 }
 
+/// CPU time spent so far by `pid`, all its threads together, and by its
+/// threads named `thread` (the part of the whole they are): `[user,
+/// kernel]` seconds each. The kernel's part includes the work a process's
+/// system calls do on its behalf (on loopback, the receiving side's TCP
+/// processing as well).
+pub fn process_cpu_seconds(pid: u32, thread: &str) -> ([f64; 2], [f64; 2]) {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    // `comm` and the user and system times (fields 14 and 15) of a stat
+    // line; `comm` is in parentheses and may hold spaces.
+    let parse = |stat: &str| -> Option<(String, [f64; 2])> {
+        let (head, rest) = stat.rsplit_once(')')?;
+        let comm = head.split_once('(')?.1.to_owned();
+        let mut fields = rest.split_whitespace().skip(11);
+        let mut next = || fields.next()?.parse::<f64>().ok().map(|t| t / ticks);
+        Some((comm, [next()?, next()?]))
+    };
+    let read = |path: std::path::PathBuf| {
+        std::fs::read_to_string(path)
+            .ok()
+            .and_then(|stat| parse(&stat))
+    };
+    let proc = std::path::Path::new("/proc").join(pid.to_string());
+    let (_, whole) = read(proc.join("stat")).expect("the CPU times of a running process");
+    let mut part = [0.0; 2];
+    let tasks = std::fs::read_dir(proc.join("task")).expect("the process's threads");
+    // A thread that ended between the listing and the read is skipped.
+    for (comm, times) in tasks.filter_map(|t| read(t.ok()?.path().join("stat"))) {
+        if comm == thread {
+            part = [part[0] + times[0], part[1] + times[1]];
+        }
+    }
+    (whole, part)
+}
+
 /// `VmRSS` / `VmHWM` (or another `/proc/PID/status` size) of `pid`, in
 /// bytes.
 pub fn process_memory(pid: u32, field: &str) -> f64 {

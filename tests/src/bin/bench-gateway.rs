@@ -17,9 +17,11 @@
 //!
 //! Throughput is the best of three 5 s runs at 50 connections ((d): three
 //! 2 s runs, each with tokens of its own, so none is served from the
-//! cache). Latency is
-//! measured with one connection (no queueing: the time a request spends in
-//! the proxy), median of three 3 s runs. Memory: the gateway's peak RSS
+//! cache). Over those runs, the CPU time each proxy spent per request is
+//! split, from `/proc`, into user space (the gateway's audit writer apart)
+//! and the kernel, where both proxies pay the same loopback TCP work.
+//! Latency is measured with one connection (no queueing: the time a
+//! request spends in the proxy), median of three 3 s runs. Memory: the gateway's peak RSS
 //! after the load, and its RSS holding 10,000 idle keep-alive connections
 //! that have each made one request, plain and TLS, once the last one has
 //! been idle long enough to be parked (`PARK_AFTER` × 2 plus 0.5 s). Every
@@ -41,7 +43,7 @@ use gateway_tests::{
     nginx::Nginx,
     report::{self, Row, publish},
     wrk::{
-        CONNECTIONS, LATENCY_SECONDS, LOAD_CPU, SECONDS, SERVER_CPU, TRIES, Wrk, best_rps,
+        CONNECTIONS, LATENCY_SECONDS, LOAD_CPU, Load, SECONDS, SERVER_CPU, TRIES, Wrk, best_rps,
         median_by_p99,
     },
 };
@@ -154,6 +156,38 @@ fn one_request(stream: &mut (impl Read + Write), request: &[u8]) {
         "{}",
         String::from_utf8_lossy(&received)
     );
+}
+
+/// The CPU time a proxy spent on the runs of one case, to tell where each
+/// request's time goes: the proxy's own code, or the kernel (system calls,
+/// and on loopback the TCP work of the side receiving what it writes).
+#[derive(Default)]
+struct CpuCost {
+    user: f64,
+    kernel: f64,
+    writer: f64,
+    requests: u64,
+}
+
+impl CpuCost {
+    /// Runs `load`, adding what `pid` spent during it.
+    fn measure(&mut self, pid: u32, load: impl FnOnce() -> Load) -> Load {
+        let thread = analytics::writer::THREAD_NAME;
+        let (before, writer_before) = gateway_tests::process_cpu_seconds(pid, thread);
+        let load = load();
+        let (after, writer_after) = gateway_tests::process_cpu_seconds(pid, thread);
+        self.user += after[0] - before[0];
+        self.kernel += after[1] - before[1];
+        self.writer += writer_after[0] + writer_after[1] - writer_before[0] - writer_before[1];
+        self.requests += load.requests;
+        load
+    }
+
+    /// Microseconds a request: in user space, of which in the audit writer
+    /// (user and kernel), and in the kernel.
+    fn per_request_us(&self) -> [f64; 3] {
+        [self.user, self.writer, self.kernel].map(|s| s * 1e6 / self.requests.max(1) as f64)
+    }
 }
 
 /// RSS of a process holding idle connections, and just before they were
@@ -310,18 +344,36 @@ include = [{{ email_domain = "corp.example" }}]
     sent_to_gateway.push(wrk.run(gateway, CONNECTIONS, 1, &service));
     let (mut direct, mut plain_proxy, mut cached, mut tokens, mut fresh) =
         (vec![], vec![], vec![], vec![], vec![]);
+    let mut cpu: [CpuCost; 4] = Default::default();
+    let nginx_pid = nginx.worker_pid();
     for tokens_file in &tokens_files {
         direct.push(wrk.run(upstream.addr, CONNECTIONS, SECONDS, &host));
-        plain_proxy.push(wrk.run(nginx.addr, CONNECTIONS, SECONDS, &host));
-        cached.push(wrk.run(gateway, CONNECTIONS, SECONDS, &jwt));
-        tokens.push(wrk.run(gateway, CONNECTIONS, SECONDS, &service));
-        fresh.push(wrk.fresh(
-            gateway,
-            tokens_file,
-            CONNECTIONS,
-            FRESH_SECONDS,
-            FRESH_TOKENS,
+        plain_proxy.push(cpu[0].measure(nginx_pid, || {
+            wrk.run(nginx.addr, CONNECTIONS, SECONDS, &host)
+        }));
+        cached.push(cpu[1].measure(pid, || wrk.run(gateway, CONNECTIONS, SECONDS, &jwt)));
+        tokens.push(cpu[2].measure(pid, || wrk.run(gateway, CONNECTIONS, SECONDS, &service)));
+        fresh.push(cpu[3].measure(pid, || {
+            wrk.fresh(
+                gateway,
+                tokens_file,
+                CONNECTIONS,
+                FRESH_SECONDS,
+                FRESH_TOKENS,
+            )
+        }));
+    }
+    let mut cpu_split = serde_json::Map::new();
+    for (name, cost) in ["(b) nginx", "(c)", "(e)", "(d)"].iter().zip(&cpu) {
+        let [user, writer, kernel] = cost.per_request_us();
+        notes.push(format!(
+            "{name} CPU a request: {user:.1} us in user space (audit writer {writer:.1} us) \
+             + {kernel:.1} us in the kernel"
         ));
+        cpu_split.insert(
+            (*name).into(),
+            json!({"user_us": user, "audit_writer_us": writer, "kernel_us": kernel}),
+        );
     }
     sent_to_gateway.extend(cached.iter().chain(&tokens).chain(&fresh).copied());
     let (direct, plain_proxy, cached, tokens, fresh) = (
@@ -507,6 +559,7 @@ include = [{{ email_domain = "corp.example" }}]
     extra.insert("seconds".into(), json!(SECONDS));
     extra.insert("best_of".into(), json!(TRIES));
     extra.insert("rs256_signature_only_per_s".into(), json!(signature_rate));
+    extra.insert("cpu_per_request".into(), Value::Object(cpu_split));
     publish(&report::out_dir(), "gateway", &rows, &notes, extra);
     drop(nginx);
     drop(upstream);
