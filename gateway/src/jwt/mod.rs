@@ -347,12 +347,10 @@ fn check(token: &str, keys: &KeySet, rules: &Rules) -> Result<Claims, JwtError> 
             key: *algorithm,
         });
     }
+    // Keys are only pinned to algorithms the rules cover.
     let validation = rules
         .validation(*algorithm)
-        .ok_or(JwtError::AlgorithmMismatch {
-            token: header.alg,
-            key: *algorithm,
-        })?;
+        .ok_or_else(|| JwtError::Invalid(ErrorKind::InvalidAlgorithm.into()))?;
     let data = jsonwebtoken::decode::<Claims>(token, key, validation).map_err(JwtError::Invalid)?;
     let mut claims = data.claims;
     // `iat` in the future (beyond the leeway) is a forged or broken token.
@@ -619,7 +617,32 @@ mod tests {
                 },
                 "x5u",
             ),
+            (
+                "jwk header",
+                {
+                    let header = Header {
+                        kid: Some("rsa-1".into()),
+                        jwk: Some(serde_json::from_value(r.jwk.clone()).unwrap()),
+                        ..Header::new(Algorithm::RS256)
+                    };
+                    encode(&header, &claims(), &r.key).unwrap()
+                },
+                "jwk",
+            ),
+            (
+                "x5c header",
+                {
+                    let header = Header {
+                        kid: Some("rsa-1".into()),
+                        x5c: Some(vec!["MIIB".into()]),
+                        ..Header::new(Algorithm::RS256)
+                    };
+                    encode(&header, &claims(), &r.key).unwrap()
+                },
+                "x5c",
+            ),
             ("garbage", "not.a.jwt".into(), "malformed"),
+            ("no dots", "notajwt".into(), "malformed"),
         ];
         for (name, token, needle) in cases {
             let error = verify(&token, &keys, &expect()).unwrap_err();
@@ -630,6 +653,14 @@ mod tests {
             verify(&good, &keys, &expect()).is_ok(),
             "the untouched token still verifies"
         );
+        // A `kid` written with a JSON escape names the same key.
+        let escaped = format!(
+            "{}.{}",
+            b64(r#"{"alg":"RS256","kid":"rsa\u002d1"}"#.as_bytes()),
+            b64(claims().to_string().as_bytes())
+        );
+        let signature = jsonwebtoken::crypto::sign(escaped.as_bytes(), &r.key, r.alg).unwrap();
+        assert!(verify(&format!("{escaped}.{signature}"), &keys, &expect()).is_ok());
     }
 
     #[test]
