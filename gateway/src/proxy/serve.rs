@@ -12,9 +12,8 @@
 //! state), in a task of its own sized for that alone (512 bytes; the task
 //! that serves takes 896, and took 1.4 KiB while it also did the waiting),
 //! and that request starts a new task and a new hyper connection on it.
-//! Nothing a
-//! client sees changes: no `Connection: close`, no lost bytes (any part of
-//! a next request hyper had already read is replayed first).
+//! Nothing a client sees changes: no `Connection: close`, no lost bytes
+//! (any part of a next request hyper had already read is replayed first).
 
 use std::{
     convert::Infallible,

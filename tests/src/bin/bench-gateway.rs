@@ -183,8 +183,8 @@ impl CpuCost {
         load
     }
 
-    /// Microseconds a request: in user space, of which in the audit writer
-    /// (user and kernel), and in the kernel.
+    /// Microseconds a request: in user space, in the audit writer's thread
+    /// (user space and kernel: part of the other two), and in the kernel.
     fn per_request_us(&self) -> [f64; 3] {
         [self.user, self.writer, self.kernel].map(|s| s * 1e6 / self.requests.max(1) as f64)
     }
@@ -367,8 +367,8 @@ include = [{{ email_domain = "corp.example" }}]
     for (name, cost) in ["(b) nginx", "(c)", "(e)", "(d)"].iter().zip(&cpu) {
         let [user, writer, kernel] = cost.per_request_us();
         notes.push(format!(
-            "{name} CPU a request: {user:.1} us in user space (audit writer {writer:.1} us) \
-             + {kernel:.1} us in the kernel"
+            "{name} CPU a request: {user:.1} us in user space + {kernel:.1} us in the kernel, \
+             {writer:.1} us of both in the audit writer's thread"
         ));
         cpu_split.insert(
             (*name).into(),
