@@ -39,7 +39,7 @@ pub use event::{Decision, Event, Label, Layer, country_label, label};
 pub use files::Retention;
 pub use store::{AuditStore, Recovery, StoreConfig, StoreStatus};
 pub use upload::{BucketConfig, UploadError, UploadStatus, Uploader};
-pub use writer::{AuditWriter, Sinks};
+pub use writer::{AuditWriter, MemoryHooks, Sinks};
 
 /// Makes the entries of `dir` (creations, renames, removals) durable.
 fn fsync_dir(dir: &Path) -> Result<(), StoreError> {

@@ -39,6 +39,31 @@ pub const RETRY_INTERVAL: Duration = Duration::from_secs(1);
 /// The writer thread's name, as `ps`, `top` and `/proc` show it.
 pub const THREAD_NAME: &str = "audit-writer";
 
+/// What the writer tells the process's allocator about the load. Under a
+/// stream of events the writer frees and allocates megabytes of buffers a
+/// row group at a time; an allocator that hands freed memory back to the
+/// OS within milliseconds (what an idle gateway wants) makes it fault all
+/// of that in again. Both hooks run on the writer's thread.
+#[derive(Clone, Copy, Debug)]
+pub struct MemoryHooks {
+    /// Events have started streaming: a receive found the channel holding
+    /// a full batch. Runs once, then not again until the writer goes quiet.
+    pub busy: fn(),
+    /// Events have stopped for a whole sync interval and the writer has let
+    /// go of its row group. Runs once per quiet spell.
+    pub quiet: fn(),
+}
+
+impl MemoryHooks {
+    /// Hooks that leave the allocator alone.
+    pub const NONE: Self = Self {
+        busy: nothing,
+        quiet: nothing,
+    };
+}
+
+fn nothing() {}
+
 /// Where events go.
 #[derive(Debug, Default)]
 pub struct Sinks {
@@ -74,15 +99,15 @@ pub enum FinishError {
 /// Starts the writer thread, which runs until every sender of `receiver`
 /// is gone and the queue is drained, then rolls what it holds into Parquet.
 ///
-/// `on_quiet` runs on the writer's thread once events have stopped coming
-/// for a whole interval and the writer has let go of its row group: the
-/// daemon has its allocator give the freed memory back to the OS there
-/// (mimalloc returns a thread's free pages only when that thread asks).
+/// `memory` tells the allocator when events stream and when they stop: the
+/// daemon has mimalloc keep freed memory for reuse while they stream and
+/// give it back to the OS once they stop (mimalloc returns a thread's free
+/// pages only when that thread asks).
 pub fn spawn(
     sinks: Sinks,
     receiver: AuditReceiver,
     sync_interval: Duration,
-    on_quiet: fn(),
+    memory: MemoryHooks,
 ) -> std::io::Result<AuditWriter> {
     let status = sinks.store.as_ref().map(AuditStore::status);
     let (tx, done) = oneshot::channel();
@@ -92,7 +117,7 @@ pub fn spawn(
     let thread = std::thread::Builder::new()
         .name(THREAD_NAME.into())
         .spawn(move || {
-            let result = runtime.block_on(run(sinks, receiver, sync_interval, on_quiet));
+            let result = runtime.block_on(run(sinks, receiver, sync_interval, memory));
             let _ = tx.send(result);
         })?;
     Ok(AuditWriter {
@@ -126,7 +151,7 @@ async fn run(
     mut sinks: Sinks,
     mut receiver: AuditReceiver,
     sync_interval: Duration,
-    on_quiet: fn(),
+    memory: MemoryHooks,
 ) -> Result<(), StoreError> {
     // A few hundred events at a time: they are still in the CPU's caches
     // when they are encoded and freed.
@@ -134,8 +159,8 @@ async fn run(
     let mut tick = interval(sync_interval);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     // Events came in since the last tick; memory was let go of since the
-    // last event.
-    let (mut received_since_tick, mut settled) = (false, true);
+    // last event; the allocator was told events stream.
+    let (mut received_since_tick, mut settled, mut busy) = (false, true, false);
     loop {
         let received = tokio::select! {
             // The interval first: under a flood, syncs still happen on time.
@@ -158,8 +183,8 @@ async fn run(
                 if let Some(store) = &mut sinks.store {
                     store.end_row_group();
                 }
-                on_quiet();
-                settled = true;
+                (memory.quiet)();
+                (settled, busy) = (true, false);
             }
             received_since_tick = false;
             sinks.flush_jsonl();
@@ -169,6 +194,10 @@ async fn run(
             break;
         }
         received_since_tick = true;
+        if received == RECEIVE_EVENTS && !busy {
+            (memory.busy)();
+            busy = true;
+        }
         for event in received_events.drain(..) {
             if let Some(jsonl) = &mut sinks.jsonl {
                 jsonl.write(&event);
@@ -248,14 +277,19 @@ mod tests {
     use super::*;
     use crate::{Event, Overflow, Retention, StoreConfig, files};
 
+    static BUSY_SPELLS: AtomicUsize = AtomicUsize::new(0);
     static QUIET_SPELLS: AtomicUsize = AtomicUsize::new(0);
+
+    fn count_busy_spell() {
+        BUSY_SPELLS.fetch_add(1, Ordering::SeqCst);
+    }
 
     fn count_quiet_spell() {
         QUIET_SPELLS.fetch_add(1, Ordering::SeqCst);
     }
 
     #[tokio::test]
-    async fn a_quiet_writer_ends_its_row_group_once_per_quiet_spell() {
+    async fn a_writer_reports_each_stream_once_and_ends_its_row_group_once_per_quiet_spell() {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = AuditStore::open(StoreConfig {
             dir: dir.path().to_owned(),
@@ -265,22 +299,22 @@ mod tests {
             retention: Retention::default(),
         })
         .unwrap();
-        let (sender, receiver) = crate::channel(64);
+        let (sender, receiver) = crate::channel(1024);
         let sinks = Sinks {
             store: Some(store),
             jsonl: None,
         };
-        let writer = spawn(
-            sinks,
-            receiver,
-            Duration::from_millis(50),
-            count_quiet_spell,
-        )
-        .unwrap();
+        let hooks = MemoryHooks {
+            busy: count_busy_spell,
+            quiet: count_quiet_spell,
+        };
+        let writer = spawn(sinks, receiver, Duration::from_millis(50), hooks).unwrap();
         // One time for all: one hour, one file.
         let time_us = Event::now_us();
-        for spell in 1..=2 {
-            for _ in 0..10 {
+        // A trickle, then two streams (each sent faster than the writer
+        // takes events, so the channel holds a full receive).
+        for (spell, events, streams) in [(1, 10, 0), (2, 600, 1), (3, 600, 2)] {
+            for _ in 0..events {
                 let event = Event {
                     time_us,
                     reason: "policy".into(),
@@ -291,6 +325,7 @@ mod tests {
             // Many quiet intervals; one call each spell.
             tokio::time::sleep(Duration::from_millis(500)).await;
             assert_eq!(QUIET_SPELLS.load(Ordering::SeqCst), spell);
+            assert_eq!(BUSY_SPELLS.load(Ordering::SeqCst), streams);
         }
         drop(sender);
         writer.finish(Duration::from_secs(10)).await.unwrap();
@@ -303,6 +338,10 @@ mod tests {
             .iter()
             .map(|group| group.num_rows())
             .collect();
-        assert_eq!(groups, [10, 10], "a row group ended by each quiet spell");
+        assert_eq!(
+            groups,
+            [10, 600, 600],
+            "a row group ended by each quiet spell"
+        );
     }
 }

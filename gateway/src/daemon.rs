@@ -107,7 +107,7 @@ const DROP_SUMMARY: Duration = Duration::from_secs(60);
 
 /// Runs until SIGINT or SIGTERM. `config_path` is re-read on SIGHUP.
 pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError> {
-    if let Err(e) = disable_transparent_huge_pages() {
+    if let Err(e) = crate::allocator::disable_transparent_huge_pages() {
         warn!(error = %e, "cannot opt out of transparent huge pages");
     }
     let listen_ports = listen_ports(&config);
@@ -288,7 +288,7 @@ fn start_audit(
         sinks,
         receiver,
         config.sync_interval,
-        crate::allocator::return_free_pages,
+        crate::allocator::AUDIT_WRITER_HOOKS,
     )
     .map_err(DaemonError::AuditWriter)
 }
@@ -593,18 +593,6 @@ async fn reload(
         server.reload(http);
     }
     info!("configuration reloaded");
-    Ok(())
-}
-
-/// Opts the process out of transparent huge pages. The allocator reserves
-/// large aligned regions (and asks for huge pages on them); with THP each
-/// first touch of a small per-connection allocation can fault in 2 MiB:
-/// 10,000 idle connections held 324 MiB with THP, 196 MiB without.
-fn disable_transparent_huge_pages() -> std::io::Result<()> {
-    // SAFETY: PR_SET_THP_DISABLE takes integer arguments only.
-    if unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
     Ok(())
 }
 

@@ -12,8 +12,8 @@ use std::{
 };
 
 use analytics::{
-    AuditSender, AuditStore, AuditWriter, Decision, Event, Label, Layer, Recovery, Retention,
-    Sinks, StoreConfig, StoreStatus,
+    AuditSender, AuditStore, AuditWriter, Decision, Event, Label, Layer, MemoryHooks, Recovery,
+    Retention, Sinks, StoreConfig, StoreStatus,
 };
 use arrow::array::AsArray as _;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -193,7 +193,7 @@ impl Writer {
             store: Some(store),
             jsonl: None,
         };
-        let writer = analytics::writer::spawn(sinks, receiver, sync_interval, || {})
+        let writer = analytics::writer::spawn(sinks, receiver, sync_interval, MemoryHooks::NONE)
             .expect("start the audit writer");
         Self {
             sender,

@@ -2,7 +2,8 @@
 //! (JSON lines) and against DuckDB, in one run.
 //!
 //! - Ingest: the same events through the same channel and writer thread
-//!   (pinned to one CPU), into the store (segment, fsync every second,
+//!   (pinned to one CPU, with the daemon's allocator settings and writer
+//!   hooks), into the store (segment, fsync every second,
 //!   Parquet) and as JSON lines (fsynced at the end), [`INGEST_RUNS`] times
 //!   each in turn, each run in a child process of its own so peak memory is
 //!   the run's alone. Timed from the first event sent to the last one
@@ -30,7 +31,8 @@ use gateway_tests::{
 };
 use serde_json::{Value, json};
 
-/// The daemon's allocator, so the writer runs as it does there.
+/// The daemon's allocator (the ingest child also applies its settings), so
+/// the writer runs as it does there.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -100,6 +102,11 @@ fn main() {
     if let [_, mode, sink, dir] = &args[..]
         && mode == "ingest"
     {
+        // The daemon's memory settings (`main.rs`, `daemon::run`): how soon
+        // freed memory goes back to the OS decides how often the writer
+        // faults it in again.
+        gateway::allocator::return_freed_memory_promptly();
+        gateway::allocator::disable_transparent_huge_pages().expect("opt out of huge pages");
         let result = ingest(sink, Path::new(dir));
         println!("{result}");
         return;
@@ -301,8 +308,13 @@ fn ingest(sink: &str, dir: &Path) -> Value {
     // The writer thread inherits this CPU; the sender then moves away.
     gateway_tests::pin_thread_to_cpu(WRITER_CPU);
     let (sender, receiver) = analytics::channel(QUEUE);
-    let writer =
-        writer::spawn(sinks, receiver, Duration::from_secs(1), || {}).expect("start the writer");
+    let writer = writer::spawn(
+        sinks,
+        receiver,
+        Duration::from_secs(1),
+        gateway::allocator::AUDIT_WRITER_HOOKS,
+    )
+    .expect("start the writer");
     gateway_tests::pin_thread_to_cpu(SENDER_CPU);
 
     let started = Instant::now();
