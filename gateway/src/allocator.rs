@@ -54,10 +54,11 @@ fn set_purge_delay(ms: c_long) {
     }
 }
 
-/// Returns to prompt returns of freed memory and hands back to the OS, at
-/// once, what the process holds free: the pages the calling thread's heap
-/// holds free, and every page any thread has given back to the allocator's
-/// arenas, however recently (a forced collection ignores the delay).
+/// Goes back to returning freed memory promptly, and hands back to the OS
+/// at once what the process holds free: the pages the calling thread's
+/// heap holds free, and every page any thread has given back to the
+/// allocator's arenas, however recently (a forced collection ignores the
+/// delay).
 ///
 /// A thread that goes quiet right after freeing a lot makes no later
 /// allocation to run mimalloc's delayed returns in. The audit writer
