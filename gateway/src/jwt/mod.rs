@@ -186,9 +186,8 @@ impl Expectations {
 /// it accepts).
 #[derive(Clone, Debug)]
 struct Rules {
-    /// In the order of [`PINNABLE`].
+    /// In the order of [`PINNABLE`]; all alike but for the algorithm.
     validations: [Validation; 3],
-    leeway_secs: u64,
 }
 
 /// The algorithms [`pinned_algorithm`] pins keys to.
@@ -205,10 +204,12 @@ impl Rules {
             validation.leeway = leeway_secs;
             validation
         });
-        Self {
-            validations,
-            leeway_secs,
-        }
+        Self { validations }
+    }
+
+    /// The clock skew allowed, the same in every validation.
+    fn leeway_secs(&self) -> u64 {
+        self.validations[0].leeway
     }
 
     fn validation(&self, algorithm: Algorithm) -> Option<&Validation> {
@@ -354,7 +355,7 @@ fn check(token: &str, keys: &KeySet, rules: &Rules) -> Result<Claims, JwtError> 
     let data = jsonwebtoken::decode::<Claims>(token, key, validation).map_err(JwtError::Invalid)?;
     let mut claims = data.claims;
     // `iat` in the future (beyond the leeway) is a forged or broken token.
-    if claims.iat > crate::unix_now() + rules.leeway_secs {
+    if claims.iat > crate::unix_now() + rules.leeway_secs() {
         return Err(JwtError::Invalid(ErrorKind::ImmatureSignature.into()));
     }
     // Verified: the issuer is the expected one and the key one of the

@@ -18,15 +18,15 @@
 //! Throughput is the best of three 5 s runs at 50 connections ((d): three
 //! 2 s runs, each with tokens of its own, so none is served from the
 //! cache). Over those runs, the CPU time each proxy spent per request is
-//! split, from `/proc`, into user space (the gateway's audit writer apart)
-//! and the kernel, where both proxies pay the same loopback TCP work.
-//! Latency is measured with one connection (no queueing: the time a
-//! request spends in the proxy), median of three 3 s runs. Memory: the gateway's peak RSS
-//! after the load, and its RSS holding 10,000 idle keep-alive connections
-//! that have each made one request, plain and TLS, once the last one has
-//! been idle long enough to be parked (`PARK_AFTER` × 2 plus 0.5 s). Every
-//! response must be a 200: a run with errors or other statuses fails the
-//! benchmark.
+//! split, from `/proc`, into user space and the kernel, where both proxies
+//! pay the same loopback TCP work, with the gateway's audit writer thread's
+//! share of the two reported apart. Latency is measured with one
+//! connection (no queueing: the time a request spends in the proxy),
+//! median of three 3 s runs. Memory: the gateway's peak RSS after the
+//! load, and its RSS holding 10,000 idle keep-alive connections that have
+//! each made one request, plain and TLS, once the last one has been idle
+//! long enough to be parked (`PARK_AFTER` × 2 plus 0.5 s). Every response
+//! must be a 200: a run with errors or other statuses fails the benchmark.
 
 use std::{
     io::{Read, Write},
