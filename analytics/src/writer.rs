@@ -25,7 +25,7 @@ use crate::{
 };
 
 /// Most events taken off the channel at once.
-const RECEIVE_EVENTS: usize = 256;
+pub const RECEIVE_EVENTS: usize = 256;
 
 /// How long events gather in the channel after a receive that emptied it,
 /// so a steady stream of requests wakes the writer about a hundred times a

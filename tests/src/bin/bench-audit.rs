@@ -8,6 +8,10 @@
 //!   each in turn, each run in a child process of its own so peak memory is
 //!   the run's alone. Timed from the first event sent to the last one
 //!   durable on disk; the median run is reported, and the highest peak.
+//! - Stages: the writer's work on the same events split into its steps,
+//!   each alone on the writer's CPU with its input made beforehand, in CPU
+//!   time: where an ingest run's time goes, and how much of it is Parquet
+//!   encoding (parquet-rs), which the issue's format fixes.
 //! - Size: ten million distinct synthetic events written through the
 //!   store, against the length of the same events as JSON lines.
 //! - Query: the same ten million events, then
@@ -16,7 +20,8 @@
 //!   and import not counted), medians of [`QUERY_RUNS`] after a warm-up.
 //!
 //! Usage: `bench-audit [RESULTS_DIR]`; `bench-audit ingest parquet|jsonl DIR`
-//! is the child; `bench-audit data DIR` writes the query data set alone.
+//! and `bench-audit stages DIR` are the children; `bench-audit data DIR`
+//! writes the query data set alone.
 
 use std::{
     path::Path,
@@ -24,7 +29,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use analytics::{AuditStore, Event, Overflow, Sinks, StoreConfig, files, jsonl::JsonLines, writer};
+use analytics::{
+    AuditStore, Event, Overflow, Sinks, StoreConfig,
+    files::{self, FileSet},
+    jsonl::JsonLines,
+    schema::EventBatchBuilder,
+    store::{BATCH_ROWS, ROW_GROUP_ROWS},
+    wal::Segment,
+    writer,
+};
+use arrow::array::RecordBatch;
 use gateway_tests::{
     audit,
     report::{self, Row},
@@ -36,6 +50,8 @@ use serde_json::{Value, json};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The host name in the ingest runs' events.
+const HOST: &str = "bench-host";
 /// Events per ingest run.
 const INGEST_EVENTS: usize = 4_000_000;
 /// Ingest runs of each sink, taken in turn; the median is reported.
@@ -99,15 +115,21 @@ print(json.dumps({"rows": rows, "seconds": times[1:]}))
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if let [_, mode, sink, dir] = &args[..]
-        && mode == "ingest"
-    {
+    let this_is_a_child = match &args[..] {
+        [_, mode, sink, dir] if mode == "ingest" => Some((Some(sink), dir)),
+        [_, mode, dir] if mode == "stages" => Some((None, dir)),
+        _ => None,
+    };
+    if let Some((sink, dir)) = this_is_a_child {
         // The daemon's memory settings (`main.rs`, `daemon::run`): how soon
         // freed memory goes back to the OS decides how often the writer
         // faults it in again.
         gateway::allocator::return_freed_memory_promptly();
         gateway::allocator::disable_transparent_huge_pages().expect("opt out of huge pages");
-        let result = ingest(sink, Path::new(dir));
+        let result = match sink {
+            Some(sink) => ingest(sink, Path::new(dir)),
+            None => stages(Path::new(dir)),
+        };
         println!("{result}");
         return;
     }
@@ -127,15 +149,16 @@ fn main() {
     // sinks alike.
     let (mut parquet_runs, mut jsonl_runs) = (Vec::new(), Vec::new());
     for run in 0..INGEST_RUNS {
-        parquet_runs.push(ingest_child(
-            "parquet",
+        parquet_runs.push(child(
+            &["ingest", "parquet"],
             &work.path().join(format!("parquet-{run}")),
         ));
-        jsonl_runs.push(ingest_child(
-            "jsonl",
+        jsonl_runs.push(child(
+            &["ingest", "jsonl"],
             &work.path().join(format!("jsonl-{run}")),
         ));
     }
+    let stages = child(&["stages"], &work.path().join("stages"));
     let ours = median_run(&parquet_runs);
     let lines = median_run(&jsonl_runs);
     let rate = |r: &Value| r["events"].as_f64().unwrap() / r["seconds"].as_f64().unwrap();
@@ -157,6 +180,7 @@ fn main() {
             run_seconds(&parquet_runs)
         ),
     });
+    notes.push(stages_note(&stages, ours["seconds"].as_f64().unwrap()));
     rows.push(Row {
         metric: "ingest vs the same events as JSON lines".into(),
         unit: "events/s",
@@ -227,6 +251,7 @@ fn main() {
     let extra = serde_json::Map::from_iter([
         ("ingest_parquet".to_owned(), Value::from(parquet_runs)),
         ("ingest_jsonl".to_owned(), Value::from(jsonl_runs)),
+        ("ingest_stages".to_owned(), stages),
     ]);
     report::publish(&report::out_dir(), "audit", &rows, &notes, extra);
 }
@@ -241,22 +266,24 @@ fn write_query_data(dir: &Path) {
     audit::write_events(dir, query_events());
 }
 
-/// Runs [`ingest`] in a child process, in `dir`, which it removes after,
-/// and returns what it printed. Dirty pages of whatever ran before (the benchmark's build, the last
+/// Runs this program as a child ([`ingest`] or [`stages`], as `mode`
+/// says) in `dir`, which it removes after, and returns what it printed.
+/// Each run has a process of its own, so its peak memory is its own.
+/// Dirty pages of whatever ran before (the benchmark's build, the last
 /// run's files) are written out first, so no fsync of the run waits
 /// behind them.
-fn ingest_child(sink: &str, dir: &Path) -> Value {
+fn child(mode: &[&str], dir: &Path) -> Value {
     let synced = Command::new("sync").status();
     assert!(synced.is_ok_and(|s| s.success()), "sync failed");
     let out = Command::new(std::env::current_exe().expect("own path"))
-        .args(["ingest", sink])
+        .args(mode)
         .arg(dir)
         .stderr(Stdio::inherit())
         .output()
-        .expect("start the ingest run");
-    assert!(out.status.success(), "the {sink} ingest run failed");
-    std::fs::remove_dir_all(dir).expect("remove the ingest run's files");
-    serde_json::from_slice(&out.stdout).expect("the ingest run's result")
+        .expect("start the child run");
+    assert!(out.status.success(), "the run {mode:?} failed");
+    std::fs::remove_dir_all(dir).expect("remove the run's files");
+    serde_json::from_slice(&out.stdout).expect("the run's result")
 }
 
 /// The run of median time among `runs`.
@@ -290,7 +317,7 @@ fn ingest(sink: &str, dir: &Path) -> Value {
         "parquet" => Sinks {
             store: Some(
                 AuditStore::open(StoreConfig {
-                    host: "bench-host".into(),
+                    host: HOST.into(),
                     roll_interval: Duration::from_secs(300),
                     ..audit::store_config(dir)
                 })
@@ -318,12 +345,8 @@ fn ingest(sink: &str, dir: &Path) -> Value {
     gateway_tests::pin_thread_to_cpu(SENDER_CPU);
 
     let started = Instant::now();
-    for (i, event) in pool.iter().cycle().take(INGEST_EVENTS).enumerate() {
-        // As the gateway sends them: one event a microsecond, each stamped
-        // with its request's start and sent when the response starts, so
-        // events arrive out of time order by up to their latency (50 ms).
-        let mut event = event.clone();
-        event.time_us = audit::START_US + i as i64 - event.latency_us.unwrap_or(0) as i64;
+    for i in 0..INGEST_EVENTS {
+        let event = ingest_event(&pool, i);
         let slot = loop {
             match sender.reserve(Overflow::FailClosed) {
                 Ok(slot) => break slot,
@@ -360,6 +383,202 @@ fn ingest(sink: &str, dir: &Path) -> Value {
         "peak_bytes": gateway_tests::process_memory(me, "VmHWM"),
         "pool_bytes": pool_bytes,
     })
+}
+
+/// The `i`th event an ingest run sends, as the gateway sends them: one
+/// event a microsecond, each stamped with its request's start and sent when
+/// the response starts, so events arrive out of time order by up to their
+/// latency (50 ms).
+fn ingest_event(pool: &[Event], i: usize) -> Event {
+    let mut event = pool[i % pool.len()].clone();
+    event.time_us = ingest_time(pool, i);
+    event
+}
+
+/// The time of [`ingest_event`]`(pool, i)`.
+fn ingest_time(pool: &[Event], i: usize) -> i64 {
+    audit::START_US + i as i64 - pool[i % pool.len()].latency_us.unwrap_or(0) as i64
+}
+
+/// Segment appends per fsync in [`stages`]: one a second at the floor's rate.
+const APPENDS_PER_SYNC: usize = INGEST_FLOOR as usize / BATCH_ROWS;
+
+/// The child: the writer's steps on the [`ingest`] run's events, each
+/// alone on the writer's CPU, its input made first and not timed. CPU
+/// seconds of the thread per step, for all [`INGEST_EVENTS`]:
+///
+/// - `channel`: taking events off the channel and freeing them, a queue
+///   at a time (filled beforehand on the same thread, so no other core
+///   touches them: less than in the writer);
+/// - `columns`: building record batches of [`BATCH_ROWS`];
+/// - `segment`: appending them to a segment, fsynced every
+///   [`APPENDS_PER_SYNC`];
+/// - `sort`: what sorting adds to writing row groups of
+///   [`ROW_GROUP_ROWS`] into Parquet;
+/// - `parquet`: writing the same rows, sorted beforehand, into Parquet
+///   (parquet-rs: dictionaries, statistics, ZSTD) up to the renamed files.
+fn stages(dir: &Path) -> Value {
+    let pool: Vec<Event> = audit::synthetic_events(POOL, 3_600_000_000, 7).collect();
+    gateway_tests::pin_thread_to_cpu(WRITER_CPU);
+    std::fs::create_dir_all(dir).expect("create the run's directory");
+    // As in the writer under a stream of events.
+    (gateway::allocator::AUDIT_WRITER_HOOKS.busy)();
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("a runtime");
+    let (sender, mut receiver) = analytics::channel(QUEUE);
+    let mut received = Vec::with_capacity(writer::RECEIVE_EVENTS);
+    let mut channel = 0.0;
+    for first in (0..INGEST_EVENTS).step_by(QUEUE) {
+        let events = QUEUE.min(INGEST_EVENTS - first);
+        for i in first..first + events {
+            let slot = sender.reserve(Overflow::FailClosed).expect("room");
+            slot.send(ingest_event(&pool, i));
+        }
+        let started = thread_cpu_seconds();
+        let mut left = events;
+        while left > 0 {
+            left -= runtime.block_on(receiver.recv_many(&mut received, writer::RECEIVE_EVENTS));
+            received.clear();
+        }
+        channel += thread_cpu_seconds() - started;
+    }
+
+    // Building columns, the batches of a row group freed once it is
+    // complete, as the store does.
+    let mut row_group = Vec::new();
+    let columns = build_batches(&pool, 0..INGEST_EVENTS, |batch| {
+        row_group.push(batch);
+        if row_group.len() * BATCH_ROWS >= ROW_GROUP_ROWS {
+            row_group.clear();
+        }
+    });
+    drop(row_group);
+
+    // The input of the other steps: every batch, in arrival order.
+    let mut in_arrival_order = Vec::new();
+    build_batches(&pool, 0..INGEST_EVENTS, |batch| {
+        in_arrival_order.push(batch)
+    });
+
+    // Whatever is dirty in the page cache is written out first, so the
+    // segment's fsyncs write the segment alone.
+    // SAFETY: sync(2) takes nothing and cannot fail.
+    unsafe { libc::sync() };
+    let started = thread_cpu_seconds();
+    let mut segment = Segment::create(dir.join("stages.arrows")).expect("create a segment");
+    for (n, batch) in in_arrival_order.iter().enumerate() {
+        segment.append(batch).expect("append to the segment");
+        if (n + 1) % APPENDS_PER_SYNC == 0 {
+            segment.sync().expect("fsync the segment");
+        }
+    }
+    segment.sync().expect("fsync the segment");
+    let segment = thread_cpu_seconds() - started;
+
+    let write_files = |name: &str, batches: &[RecordBatch]| {
+        let started = thread_cpu_seconds();
+        let mut files = FileSet::new(dir, name);
+        for row_group in batches.chunks(ROW_GROUP_ROWS / BATCH_ROWS) {
+            files.append(row_group).expect("write a row group");
+        }
+        files.finish().expect("finish the files");
+        thread_cpu_seconds() - started
+    };
+    let sort_and_parquet = write_files("arrival-order", &in_arrival_order);
+    drop(in_arrival_order);
+    let mut by_time: Vec<usize> = (0..INGEST_EVENTS).collect();
+    by_time.sort_by_key(|&i| ingest_time(&pool, i));
+    let mut in_time_order = Vec::new();
+    build_batches(&pool, by_time, |batch| in_time_order.push(batch));
+    let parquet = write_files("time-order", &in_time_order);
+
+    json!({
+        "events": INGEST_EVENTS,
+        "channel": channel,
+        "columns": columns,
+        "segment": segment,
+        "sort": sort_and_parquet - parquet,
+        "parquet": parquet,
+    })
+}
+
+/// Builds the [`ingest_event`]s `order` names into batches of
+/// [`BATCH_ROWS`] and hands each to `batch`. Events are made a receive's
+/// worth at a time, then built, so they are in the CPU's caches as in the
+/// writer. Returns the CPU seconds the building took.
+fn build_batches(
+    pool: &[Event],
+    order: impl IntoIterator<Item = usize>,
+    mut batch: impl FnMut(RecordBatch),
+) -> f64 {
+    let mut order = order.into_iter();
+    let mut received = Vec::with_capacity(writer::RECEIVE_EVENTS);
+    let mut builder = EventBatchBuilder::new(HOST, BATCH_ROWS);
+    let mut took = 0.0;
+    loop {
+        received.clear();
+        received.extend(
+            order
+                .by_ref()
+                .take(writer::RECEIVE_EVENTS)
+                .map(|i| ingest_event(pool, i)),
+        );
+        if received.is_empty() {
+            break;
+        }
+        let started = thread_cpu_seconds();
+        for event in &received {
+            builder.push(event);
+        }
+        let full = (builder.len() >= BATCH_ROWS).then(|| {
+            std::mem::replace(&mut builder, EventBatchBuilder::new(HOST, BATCH_ROWS)).finish()
+        });
+        took += thread_cpu_seconds() - started;
+        if let Some(full) = full {
+            batch(full);
+        }
+    }
+    if !builder.is_empty() {
+        batch(builder.finish());
+    }
+    took
+}
+
+/// CPU time of the calling thread (user and kernel), in seconds: what a
+/// step costs the writer's core, without the time its fsyncs wait for the
+/// disk (in a run the disk writes behind the writer's other work).
+fn thread_cpu_seconds() -> f64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec to write into.
+    let status = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    assert_eq!(status, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
+    now.tv_sec as f64 + now.tv_nsec as f64 * 1e-9
+}
+
+/// What [`stages`] found, beside the ingest run's `seconds`, as a note.
+fn stages_note(stages: &Value, seconds: f64) -> String {
+    let steps = ["channel", "columns", "segment", "sort", "parquet"];
+    let each: Vec<String> = steps
+        .iter()
+        .map(|step| format!("{step} {:.2}", stages[step].as_f64().unwrap()))
+        .collect();
+    let sum: f64 = steps
+        .iter()
+        .map(|step| stages[step].as_f64().unwrap())
+        .sum();
+    let parquet = stages["parquet"].as_f64().unwrap();
+    format!(
+        "ingest stages, each alone, s for {INGEST_EVENTS} events: {}; sum {sum:.2} against {seconds:.2} \
+         for the median run and {:.2} at the floor; Parquet encoding alone allows {:.0} events/s",
+        each.join(", "),
+        INGEST_EVENTS as f64 / INGEST_FLOOR,
+        INGEST_EVENTS as f64 / parquet,
+    )
 }
 
 /// Our command's rows and median wall time on `sql`.
