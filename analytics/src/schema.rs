@@ -377,7 +377,7 @@ columns! {
     token_name: dict = event.token_name.as_ref().map(LabelText::of);
     /// Country of the client.
     country: dict = event.country.as_ref().map(LabelText::of);
-    /// Client address as text (XDP: the dropped source; null for the sum of single-packet sources).
+    /// Client address as text (XDP: the dropped source; null for a sum of sources not itemized: single-packet ones, or those past the limit while the audit queue was full).
     client_ip: ip = event.client_ip;
     /// Client TCP port.
     client_port: int32 = int32(event.client_port);

@@ -27,9 +27,7 @@ use std::{
     time::Duration,
 };
 
-use analytics::{
-    AuditSender, AuditStore, AuditWriter, Event, Layer, Overflow, Sinks, Uploader, jsonl::JsonLines,
-};
+use analytics::{AuditStore, AuditWriter, Event, Sinks, Uploader, jsonl::JsonLines};
 use sd_notify::NotifyState;
 use tokio::{
     signal::unix::{SignalKind, signal},
@@ -46,6 +44,7 @@ use crate::{
     status::{AttachedInterface, StatusSources, XdpStatus},
     xdp::{
         self, Filter, FilterSettings,
+        audit::DropAudit,
         sources::RangeSources,
         stats::{DropEvents, DroppedSource},
     },
@@ -163,7 +162,7 @@ pub async fn run(config_path: PathBuf, config: Config) -> Result<(), DaemonError
             XdpService::start(
                 xdp_config,
                 listen_ports,
-                audit.clone(),
+                DropAudit::new(audit.clone(), config.audit.xdp_overflow),
                 config.audit.store.dir.join(DROP_STATE),
             )
             .await?,
@@ -305,7 +304,7 @@ struct XdpService {
     drop_poll: Interval,
     drop_sweep: Interval,
     summary: Interval,
-    audit: AuditSender,
+    audit: DropAudit,
     /// What status and metrics report, kept up to date here.
     status: Arc<Mutex<XdpStatus>>,
 }
@@ -314,7 +313,7 @@ impl XdpService {
     async fn start(
         config: XdpConfig,
         listen_ports: Vec<u16>,
-        audit: AuditSender,
+        audit: DropAudit,
         drop_state: PathBuf,
     ) -> Result<Self, DaemonError> {
         let sources = RangeSources::load(&config.relay, &config.management, config.allow_any)
@@ -417,29 +416,16 @@ impl XdpService {
         }
     }
 
-    /// Drop records become audit events (counted, never blocking) and feed
-    /// the summary.
+    /// Drop records become audit events (never blocking) and feed the
+    /// summary.
     fn record(&mut self, drops: Vec<DroppedSource>) {
-        for record in drops {
+        for record in &drops {
             *self
                 .drop_window
                 .entry((record.source, record.dst_port))
                 .or_default() += record.packets;
-            let event = Event {
-                time_us: Event::now_us(),
-                layer: Some(Layer::Xdp),
-                decision: Some(analytics::Decision::Deny),
-                reason: record.reason.into(),
-                client_ip: record.source,
-                protocol: Some(protocol_name(record.protocol)),
-                dst_port: Some(record.dst_port),
-                packets: Some(record.packets),
-                bytes: Some(record.bytes),
-                interval_us: Some(record.span_us),
-                ..Event::default()
-            };
-            let _ = self.audit.send(event, Overflow::CountAndDrop);
         }
+        self.audit.record(drops, Event::now_us());
     }
 
     fn log_summary(&mut self) {
@@ -458,16 +444,6 @@ impl XdpService {
             })
             .collect();
         info!(total, sources = top.len(), top = %shown.join(", "), "XDP drops in the last minute");
-    }
-}
-
-fn protocol_name(protocol: u8) -> analytics::Label {
-    match protocol {
-        1 => "icmp".into(),
-        6 => "tcp".into(),
-        17 => "udp".into(),
-        58 => "icmpv6".into(),
-        other => other.to_string().into(),
     }
 }
 

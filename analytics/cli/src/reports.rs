@@ -53,7 +53,7 @@ impl Report {
                  LIMIT 20"
             }
             Report::Dropped => {
-                "SELECT coalesce(client_ip, '(single-packet sources)') AS source, \
+                "SELECT coalesce(client_ip, '(sources not itemized)') AS source, \
                         sum(packets) AS packets, sum(bytes) AS bytes, \
                         array_to_string(array_sort(array_agg(DISTINCT dst_port)), ', ') AS ports, \
                         min(event_time) AS first_seen, max(event_time) AS last_seen \

@@ -8,6 +8,7 @@
 //! roll_interval_secs = 300         # a Parquet file at least this often
 //! retention_days = 90
 //! http_overflow = "fail_closed"    # or "count_and_drop"
+//! xdp_overflow = "count_and_aggregate"  # or "count_and_drop"
 //!
 //! [audit.upload]                    # optional: the fleet's one dataset
 //! url = "s3://audit-logs/origins"   # bucket and key prefix
@@ -22,7 +23,7 @@ use analytics::{BucketConfig, Overflow, Retention, StoreConfig};
 use serde::Deserialize;
 
 use super::{ConfigError, invalid};
-use crate::paths;
+use crate::{paths, xdp::audit::XdpOverflow};
 
 /// `[audit]` as written.
 #[derive(Debug, Deserialize)]
@@ -54,6 +55,9 @@ pub struct RawAudit {
     /// What a full queue does to HTTP decisions.
     #[serde(default)]
     pub http_overflow: Overflow,
+    /// What a full queue does to XDP drop records.
+    #[serde(default)]
+    pub xdp_overflow: XdpOverflow,
     /// A JSON-lines file every event is also appended to.
     pub jsonl: Option<PathBuf>,
     /// Uploads of finished files to a bucket.
@@ -124,8 +128,10 @@ pub struct AuditConfig {
     pub sync_interval: Duration,
     /// Channel capacity.
     pub queue: usize,
-    /// HTTP overflow policy (XDP drop records always count and drop).
+    /// HTTP overflow policy.
     pub http_overflow: Overflow,
+    /// XDP overflow policy.
+    pub xdp_overflow: XdpOverflow,
     /// JSON-lines copy.
     pub jsonl: Option<PathBuf>,
     /// The fleet sink.
@@ -201,6 +207,7 @@ impl RawAudit {
             sync_interval: Duration::from_millis(self.sync_interval_ms),
             queue: self.queue,
             http_overflow: self.http_overflow,
+            xdp_overflow: self.xdp_overflow,
             jsonl: self.jsonl,
             upload,
         })
@@ -270,11 +277,14 @@ mod tests {
         assert_eq!(config.store.retention.max_age_days, Some(90));
         assert_eq!(config.store.retention.max_bytes, None);
         assert_eq!(config.http_overflow, Overflow::FailClosed);
+        assert_eq!(config.xdp_overflow, XdpOverflow::CountAndAggregate);
         let config = parse("retention_days = 0\nretention_max_mib = 2\nhost = \"web-1\"").unwrap();
         assert_eq!(config.store.retention.max_age_days, None);
         assert_eq!(config.store.retention.max_bytes, Some(2 << 20));
         assert_eq!(config.store.host, "web-1");
         assert_eq!(config.upload, None);
+        let config = parse("xdp_overflow = \"count_and_drop\"").unwrap();
+        assert_eq!(config.xdp_overflow, XdpOverflow::CountAndDrop);
     }
 
     #[test]

@@ -21,7 +21,9 @@
 //! - [`sources`]: inline, file and URL sources and their trust rules.
 //! - `mmap`: shared mappings of the mmapable arrays.
 //! - [`stats`]: counters and drop records, read from the pins.
+//! - [`audit`]: drop records into audit events, and a full audit queue.
 
+pub mod audit;
 mod mmap;
 pub mod ranges;
 pub mod sources;
