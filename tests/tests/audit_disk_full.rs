@@ -4,17 +4,23 @@
 //! once space returns the writer catches up by itself. A stop while the
 //! disk is still full leaves the events in the write-ahead segment for the
 //! next start. Every accepted event ends up in Parquet exactly once.
+//!
+//! The same through a running gateway: while its audit log cannot be
+//! written it refuses requests with 503 (`audit_unavailable`) once its
+//! queue is full, says so on `/readyz` and in its metrics, and serves again
+//! by itself once space returns; every request it served is in the log.
 
 use std::{
     collections::BTreeSet,
-    io::Write as _,
+    io::{Read as _, Write as _},
+    net::TcpStream,
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
 
 use analytics::{AuditSender, AuditStore, Event, Overflow, StoreStatus, files, writer};
-use gateway_tests::audit;
+use gateway_tests::{audit, gateway::Harness};
 
 /// Size of the filesystem: a few segments' worth.
 const FS_MIB: u64 = 16;
@@ -224,5 +230,132 @@ fn a_full_disk_stops_the_writer_without_loss_or_damage_and_it_resumes() {
         "{next} accepted events in {} files, {} recovered after the stop",
         files::list(&dir).len(),
         recovery.events
+    );
+}
+
+/// The audit queue of the gateway under test: small, so it fills at once.
+const GATEWAY_QUEUE: usize = 8;
+
+/// A plain-HTTP GET of `/` for `app.test`: the status and the request id.
+fn get(h: &Harness) -> (u16, String) {
+    let mut stream = TcpStream::connect(h.plain_addr()).expect("connect to the gateway");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("a read timeout");
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nhost: app.test\r\nconnection: close\r\n\r\n")
+        .expect("send the request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("read the response");
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {response:?}"));
+    let id = response
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("x-request-id")
+                .then(|| value.trim().to_owned())
+        })
+        .unwrap_or_else(|| panic!("no request id in {response:?}"));
+    if status == 503 {
+        assert!(response.contains("audit_unavailable"), "{response}");
+    }
+    (status, id)
+}
+
+#[test]
+fn a_gateway_refuses_while_its_audit_log_cannot_be_written_and_serves_again_by_itself() {
+    gateway_tests::require_root();
+    let fs = SmallFs::mount();
+    let audit_dir = fs.path().join("audit");
+    let mut h = Harness::new();
+    let audit_line = format!("dir = \"{}\"", h.path("audit").display());
+    let base = h.base_config();
+    assert!(
+        base.contains(&audit_line),
+        "the harness's audit section moved"
+    );
+    let config = base.replace(
+        &audit_line,
+        &format!("dir = \"{}\"\nqueue = {GATEWAY_QUEUE}", audit_dir.display()),
+    ) + &h.app(
+        "public",
+        "app.test",
+        "/",
+        "",
+        "[[app.policy]]\nname = \"open\"\naction = \"bypass\"\ninclude = [\"everyone\"]\n",
+    );
+    h.start(&config);
+    let mut served = BTreeSet::new();
+    let (status, id) = get(&h);
+    assert_eq!(status, 200, "{}", h.log());
+    served.insert(id.clone());
+    h.audit_event(&id);
+
+    // The disk fills: the writer's next sync fails, it stops taking
+    // events, and once the queue is full requests are refused.
+    let filler = fs.fill("filler");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut refused = 0;
+    while refused < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "no request was refused while the disk was full\n{}",
+            h.log()
+        );
+        match get(&h) {
+            (200, id) => {
+                served.insert(id);
+            }
+            (503, _) => refused += 1,
+            (status, _) => panic!("unexpected status {status}\n{}", h.log()),
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (ready, _, why) = h.admin_get("/readyz");
+    assert_eq!(ready, 503, "{why}");
+    assert!(why.contains("No space left on device"), "{why}");
+    let (_, _, metrics) = h.admin_get("/metrics");
+    assert!(
+        metrics.contains("gateway_audit_write_failing 1"),
+        "{metrics}"
+    );
+
+    // Space returns: the writer catches up by itself and requests pass.
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match get(&h) {
+            (200, id) => {
+                served.insert(id);
+                break;
+            }
+            (503, _) => {}
+            (status, _) => panic!("unexpected status {status}\n{}", h.log()),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the gateway never served again after space returned\n{}",
+            h.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (ready, _, why) = h.admin_get("/readyz");
+    assert_eq!(ready, 200, "{why}");
+
+    // Every request served is in the log once; refused ones never were.
+    let status = h.daemon.as_mut().expect("started").stop();
+    assert!(status.success(), "{status}\n{}", h.log());
+    let mut logged = audit::request_ids(&audit_dir);
+    logged.sort();
+    assert_eq!(
+        logged,
+        served.into_iter().collect::<Vec<_>>(),
+        "the Parquet files must hold exactly the requests served"
     );
 }
