@@ -37,7 +37,7 @@ use std::{
 };
 
 use arrow::array::RecordBatch;
-use tracing::warn;
+use tracing::{info, warn};
 
 use crate::{
     ErrorSlot,
@@ -91,6 +91,12 @@ pub struct Recovery {
     pub torn: usize,
     /// Segments that could not be read at all, set aside as `*.damaged`.
     pub damaged: Vec<PathBuf>,
+    /// Segments left in place because their files could not be written (a
+    /// full or failing disk), with why. The store's first roll tries them
+    /// again, and the writer takes no events until that succeeds: the
+    /// gateway starts, and its overflow policy applies as for any failure
+    /// of the disk.
+    pub unrecovered: Vec<(PathBuf, String)>,
     /// Half-written Parquet files removed.
     pub temporaries: usize,
 }
@@ -200,6 +206,9 @@ pub struct AuditStore {
     /// CPU's caches, and freed right after.
     batch: EventBatchBuilder,
     open: Option<OpenSegment>,
+    /// Segments an earlier run left that [`AuditStore::open`] could not
+    /// turn into Parquet; the next roll does, first.
+    unrecovered: Vec<PathBuf>,
     /// Rows appended to the segment but not yet fsynced.
     unsynced: u64,
     status: Arc<StoreStatus>,
@@ -217,25 +226,14 @@ impl AuditStore {
             ..Recovery::default()
         };
         for path in leftover_segments(&wal_dir)? {
-            match wal::read(&path) {
-                Ok(read) => {
-                    let name = path.file_stem().unwrap_or_default().to_string_lossy();
-                    files::write(&config.dir, &name, &read.batches)?;
-                    std::fs::remove_file(&path).map_err(StoreError::io("removing", &path))?;
+            match recover(&config.dir, &path) {
+                Ok(Leftover::Recovered { events, torn, .. }) => {
                     recovery.segments += 1;
-                    recovery.events += read
-                        .batches
-                        .iter()
-                        .map(RecordBatch::num_rows)
-                        .sum::<usize>();
-                    recovery.torn += usize::from(read.torn);
+                    recovery.events += events;
+                    recovery.torn += usize::from(torn);
                 }
-                Err(_) => {
-                    let aside = path.with_extension("damaged");
-                    std::fs::rename(&path, &aside)
-                        .map_err(StoreError::io("setting aside", &path))?;
-                    recovery.damaged.push(aside);
-                }
+                Ok(Leftover::Damaged(aside)) => recovery.damaged.push(aside),
+                Err(e) => recovery.unrecovered.push((path, crate::error_chain(&e))),
             }
         }
         crate::fsync_dir(&wal_dir)?;
@@ -245,6 +243,11 @@ impl AuditStore {
             batch: EventBatchBuilder::new(&config.host, 0),
             wal_dir,
             config,
+            unrecovered: recovery
+                .unrecovered
+                .iter()
+                .map(|(p, _)| p.clone())
+                .collect(),
             open: None,
             unsynced: 0,
             status: Arc::default(),
@@ -335,33 +338,64 @@ impl AuditStore {
     }
 
     /// Whether the segment is due to become Parquet: big enough, old
-    /// enough, or its hour is over.
+    /// enough, or its hour is over; or segments an earlier run left still
+    /// are to be.
     pub fn roll_due(&self) -> bool {
-        self.open.as_ref().is_some_and(|open| {
-            open.rows >= self.config.roll_events
-                || open.opened.elapsed() >= self.config.roll_interval
-                || hour_of(Event::now_us()) != open.hour
-        })
+        !self.unrecovered.is_empty()
+            || self.open.as_ref().is_some_and(|open| {
+                open.rows >= self.config.roll_events
+                    || open.opened.elapsed() >= self.config.roll_interval
+                    || hour_of(Event::now_us()) != open.hour
+            })
     }
 
     /// Turns the segment into Parquet files and removes it, then applies
-    /// retention. Returns the files written.
+    /// retention; first does the same for segments an earlier run left that
+    /// could not be recovered at [`AuditStore::open`]. Returns the files
+    /// written.
     pub fn roll(&mut self) -> Result<Vec<PathBuf>, StoreError> {
+        let mut written = self.recover_leftovers()?;
         self.sync()?;
         let Some(open) = &mut self.open else {
-            return Ok(Vec::new());
+            return Ok(written);
         };
-        let written = open.finish_files(&self.config.dir)?;
+        let files = open.finish_files(&self.config.dir)?;
         let path = open.segment.path().to_owned();
         std::fs::remove_file(&path).map_err(StoreError::io("removing", &path))?;
         self.open = None;
         crate::fsync_dir(&self.wal_dir)?;
-        let now = Event::now_us();
+        self.files_written(files.len());
+        files::apply_retention(&self.config.dir, self.config.retention, Event::now_us());
+        written.extend(files);
+        Ok(written)
+    }
+
+    fn files_written(&self, files: usize) {
         self.status
             .files_written
-            .fetch_add(written.len() as u64, Ordering::Relaxed);
-        self.status.last_file_us.store(now, Ordering::Relaxed);
-        files::apply_retention(&self.config.dir, self.config.retention, now);
+            .fetch_add(files as u64, Ordering::Relaxed);
+        self.status
+            .last_file_us
+            .store(Event::now_us(), Ordering::Relaxed);
+    }
+
+    /// Recovers the segments [`AuditStore::open`] could not, oldest first.
+    fn recover_leftovers(&mut self) -> Result<Vec<PathBuf>, StoreError> {
+        let mut written = Vec::new();
+        while let Some(path) = self.unrecovered.first() {
+            match recover(&self.config.dir, path)? {
+                Leftover::Recovered { files, events, .. } => {
+                    info!(segment = %path.display(), events, "audit segment left by an earlier run recovered");
+                    self.files_written(files.len());
+                    written.extend(files);
+                }
+                Leftover::Damaged(aside) => {
+                    warn!(path = %aside.display(), "unreadable audit segment set aside");
+                }
+            }
+            self.unrecovered.remove(0);
+            crate::fsync_dir(&self.wal_dir)?;
+        }
         Ok(written)
     }
 
@@ -410,6 +444,38 @@ fn hour_of(time_us: i64) -> i64 {
 /// files).
 pub fn segments(root: &Path) -> Vec<PathBuf> {
     leftover_segments(&root.join(WAL_DIR)).unwrap_or_default()
+}
+
+/// What became of a segment an earlier run left.
+enum Leftover {
+    /// Its events are in Parquet files now, and it is gone.
+    Recovered {
+        files: Vec<PathBuf>,
+        events: usize,
+        /// It ended in a torn append.
+        torn: bool,
+    },
+    /// It could not be read, and is set aside under this name.
+    Damaged(PathBuf),
+}
+
+/// Turns the segment `path` an earlier run left into Parquet files under
+/// `root` and removes it, or sets it aside if it cannot be read. After an
+/// error it is still there, and trying again writes the same file names.
+fn recover(root: &Path, path: &Path) -> Result<Leftover, StoreError> {
+    let Ok(read) = wal::read(path) else {
+        let aside = path.with_extension("damaged");
+        std::fs::rename(path, &aside).map_err(StoreError::io("setting aside", path))?;
+        return Ok(Leftover::Damaged(aside));
+    };
+    let name = path.file_stem().unwrap_or_default().to_string_lossy();
+    let files = files::write(root, &name, &read.batches)?;
+    std::fs::remove_file(path).map_err(StoreError::io("removing", path))?;
+    Ok(Leftover::Recovered {
+        files,
+        events: read.batches.iter().map(RecordBatch::num_rows).sum(),
+        torn: read.torn,
+    })
 }
 
 /// Segments in `wal_dir`, oldest first (names start with the host and the

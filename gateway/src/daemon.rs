@@ -268,6 +268,9 @@ fn start_audit(
     for path in &recovery.damaged {
         warn!(path = %path.display(), "unreadable audit segment set aside");
     }
+    for (path, error) in &recovery.unrecovered {
+        warn!(path = %path.display(), %error, "audit segment left by the last run not recovered yet; the writer retries it and takes no events until it can");
+    }
     let jsonl = config
         .jsonl
         .as_ref()

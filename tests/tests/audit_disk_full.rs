@@ -233,6 +233,53 @@ fn a_full_disk_stops_the_writer_without_loss_or_damage_and_it_resumes() {
     );
 }
 
+#[test]
+fn a_store_opened_on_a_full_disk_keeps_what_it_cannot_recover_until_there_is_room() {
+    let fs = SmallFs::mount();
+    let dir = fs.path().join("audit");
+    let config = audit::store_config(&dir);
+    // An earlier run synced a segment and died before its roll.
+    let (mut store, _) = AuditStore::open(config.clone()).unwrap();
+    for seq in 0..1000 {
+        store.push(&event(seq));
+    }
+    store.sync().unwrap();
+    drop(store);
+    let segment = analytics::store::segments(&dir);
+    assert_eq!(segment.len(), 1);
+
+    let filler = fs.fill("filler");
+    let (mut store, recovery) = AuditStore::open(config).expect("opens on a full disk");
+    assert_eq!(recovery.segments, 0);
+    assert_eq!(recovery.unrecovered.len(), 1, "{recovery:?}");
+    assert_eq!(recovery.unrecovered[0].0, segment[0]);
+    assert!(
+        recovery.unrecovered[0]
+            .1
+            .contains("No space left on device"),
+        "{recovery:?}"
+    );
+    assert!(store.roll_due());
+    assert!(store.roll().is_err());
+    assert_eq!(
+        analytics::store::segments(&dir),
+        segment,
+        "the segment stays"
+    );
+    assert!(files::list(&dir).is_empty());
+
+    std::fs::remove_file(filler).unwrap();
+    store.roll().expect("room again");
+    assert!(!store.roll_due());
+    assert!(analytics::store::segments(&dir).is_empty());
+    let mut ids: Vec<u64> = audit::request_ids(&dir)
+        .iter()
+        .map(|id| id.parse().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, (0..1000).collect::<Vec<_>>());
+}
+
 /// The audit queue of the gateway under test: small, so it fills at once.
 const GATEWAY_QUEUE: usize = 8;
 
