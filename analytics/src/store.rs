@@ -36,7 +36,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use arrow::array::RecordBatch;
+use arrow::{array::RecordBatch, compute::concat_batches};
 use tracing::{info, warn};
 
 use crate::{
@@ -44,7 +44,7 @@ use crate::{
     error::StoreError,
     event::Event,
     files::{self, FileSet, Retention},
-    schema::EventBatchBuilder,
+    schema::{self, EventBatchBuilder},
     wal::{self, Segment},
 };
 
@@ -55,6 +55,10 @@ pub const DEFAULT_DIR: &str = "/var/lib/gateway/audit";
 /// Rows appended to the Parquet files at once, as one row group: what the
 /// store holds in memory as batches (about 16 MiB).
 pub const ROW_GROUP_ROWS: usize = 64 * 1024;
+
+/// Fewest events [`AuditStore::end_row_group`] makes a row group of (about
+/// 200 KiB of columns); fewer wait for the next one, or for the roll.
+pub const SMALLEST_QUIET_ROW_GROUP: usize = 1024;
 
 /// Most events per record batch, the unit of a segment append. Syncs
 /// append what is pushed sooner, so this sets the size of appends, not
@@ -308,12 +312,21 @@ impl AuditStore {
     /// segment go to the files now, and the builder and the segment's
     /// encoder give back their room. The writer calls it once events stop
     /// coming, so a gateway that has gone quiet after a burst holds none of
-    /// it in memory (the price is a smaller row group). Events pushed and
-    /// not yet flushed stay pushed.
+    /// it in memory (the price is a smaller row group). Fewer events than
+    /// [`SMALLEST_QUIET_ROW_GROUP`] stay for the next row group, put
+    /// together in one batch: they take little room, and a quiet origin's
+    /// trickle would otherwise make row groups of a few rows each, which
+    /// every scan of the file pays for. Events pushed and not yet flushed
+    /// stay pushed.
     pub fn end_row_group(&mut self) {
         if let Some(open) = &mut self.open {
-            if !open.pending.is_empty() {
+            if open.pending_rows() >= SMALLEST_QUIET_ROW_GROUP {
                 open.write_pending();
+            } else if open.pending.len() > 1 {
+                match concat_batches(&schema::schema(), &open.pending) {
+                    Ok(all) => open.pending = vec![all],
+                    Err(_) => open.write_pending(),
+                }
             }
             open.segment.release_buffers();
         }
@@ -632,26 +645,41 @@ mod tests {
             time_us: start + i,
             ..event(i)
         };
-        for i in 0..100 {
-            store.push(&event(i));
+        let mut next = 0;
+        let mut push = |store: &mut AuditStore, n| {
+            for _ in 0..n {
+                store.push(&event(next));
+                next += 1;
+            }
+        };
+        // A trickle: too few for a row group of their own; they wait, in
+        // one batch.
+        for _ in 0..3 {
+            push(&mut store, 10);
+            store.flush().unwrap();
         }
-        store.flush().unwrap();
-        store.push(&event(100));
         store.end_row_group();
-        // What was appended is in the files; what was only pushed is not
-        // lost, and goes with the next row group.
+        let open = store.open.as_ref().unwrap();
+        assert_eq!((open.pending.len(), open.pending_rows()), (1, 30));
+        // Enough: what was appended is in the files; what was only pushed
+        // is not lost, and goes with the next row group.
+        push(&mut store, SMALLEST_QUIET_ROW_GROUP);
+        store.flush().unwrap();
+        push(&mut store, 1);
+        store.end_row_group();
         assert_eq!(store.open.as_ref().unwrap().pending_rows(), 0);
         assert_eq!(store.pending(), 1);
-        store.push(&event(101));
-        // Nothing pending: nothing to write, no empty row group.
+        push(&mut store, 1);
+        // Nothing appended: nothing to write, no empty row group.
         store.end_row_group();
         store.roll().unwrap();
         let groups = row_group_times(dir.path());
         assert_eq!(
             groups.iter().map(Vec::len).collect::<Vec<_>>(),
-            [100, 2],
+            [30 + SMALLEST_QUIET_ROW_GROUP, 2],
             "{groups:?}"
         );
+        assert!(groups.iter().all(|g| g.is_sorted()));
     }
 
     #[test]

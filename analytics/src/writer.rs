@@ -290,6 +290,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_writer_reports_each_stream_once_and_ends_its_row_group_once_per_quiet_spell() {
+        use crate::store::SMALLEST_QUIET_ROW_GROUP as SMALLEST;
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = AuditStore::open(StoreConfig {
             dir: dir.path().to_owned(),
@@ -299,7 +300,7 @@ mod tests {
             retention: Retention::default(),
         })
         .unwrap();
-        let (sender, receiver) = crate::channel(1024);
+        let (sender, receiver) = crate::channel(4 * SMALLEST);
         let sinks = Sinks {
             store: Some(store),
             jsonl: None,
@@ -313,7 +314,8 @@ mod tests {
         let time_us = Event::now_us();
         // A trickle, then two streams (each sent faster than the writer
         // takes events, so the channel holds a full receive).
-        for (spell, events, streams) in [(1, 10, 0), (2, 600, 1), (3, 600, 2)] {
+        let stream = SMALLEST + 100;
+        for (spell, events, streams) in [(1, 10, 0), (2, stream, 1), (3, stream, 2)] {
             for _ in 0..events {
                 let event = Event {
                     time_us,
@@ -338,10 +340,12 @@ mod tests {
             .iter()
             .map(|group| group.num_rows())
             .collect();
+        // The trickle was too small for a row group of its own.
+        let stream = stream as i64;
         assert_eq!(
             groups,
-            [10, 600, 600],
-            "a row group ended by each quiet spell"
+            [10 + stream, stream],
+            "a row group ended by each quiet spell after a stream"
         );
     }
 }
