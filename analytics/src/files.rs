@@ -38,6 +38,7 @@ use parquet::{
     },
     schema::types::ColumnPath,
 };
+use tracing::warn;
 
 use crate::{
     error::StoreError,
@@ -491,14 +492,20 @@ pub fn apply_retention(root: &Path, retention: Retention, now_us: i64) -> Vec<Pa
         }
         removed.extend(partitions.drain(..over).map(|(dir, _)| dir));
     }
-    for dir in &removed {
-        if std::fs::remove_dir_all(dir).is_ok()
-            && let Some(date) = dir.parent()
-        {
-            // Gone with its last hour; fails harmlessly while others remain.
-            let _ = std::fs::remove_dir(date);
+    removed.retain(|dir| match std::fs::remove_dir_all(dir) {
+        Ok(()) => {
+            if let Some(date) = dir.parent() {
+                // Gone with its last hour; fails harmlessly while others
+                // remain.
+                let _ = std::fs::remove_dir(date);
+            }
+            true
         }
-    }
+        Err(e) => {
+            warn!(partition = %dir.display(), error = %e, "old audit partition not removed");
+            false
+        }
+    });
     removed
 }
 

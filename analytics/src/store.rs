@@ -56,6 +56,10 @@ pub const DEFAULT_DIR: &str = "/var/lib/gateway/audit";
 /// store holds in memory as batches (about 16 MiB).
 pub const ROW_GROUP_ROWS: usize = 64 * 1024;
 
+/// How often retention is applied besides at each roll: a host whose
+/// segment never rolls (no events) still lets old partitions go.
+pub const RETENTION_INTERVAL: Duration = Duration::from_secs(3600);
+
 /// Fewest events [`AuditStore::end_row_group`] makes a row group of (about
 /// 200 KiB of columns); fewer wait for the next one, or for the roll.
 pub const SMALLEST_QUIET_ROW_GROUP: usize = 1024;
@@ -215,6 +219,8 @@ pub struct AuditStore {
     unrecovered: Vec<PathBuf>,
     /// Rows appended to the segment but not yet fsynced.
     unsynced: u64,
+    /// When retention was last applied.
+    retained: Instant,
     status: Arc<StoreStatus>,
 }
 
@@ -254,6 +260,7 @@ impl AuditStore {
                 .collect(),
             open: None,
             unsynced: 0,
+            retained: Instant::now(),
             status: Arc::default(),
         };
         Ok((store, recovery))
@@ -378,9 +385,22 @@ impl AuditStore {
         self.open = None;
         crate::fsync_dir(&self.wal_dir)?;
         self.files_written(files.len());
-        files::apply_retention(&self.config.dir, self.config.retention, Event::now_us());
+        self.apply_retention();
         written.extend(files);
         Ok(written)
+    }
+
+    /// Applies retention if it has not been for [`RETENTION_INTERVAL`]
+    /// at `now`; the writer calls it on every tick.
+    pub fn apply_retention_if_due(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.retained) >= RETENTION_INTERVAL {
+            self.apply_retention();
+        }
+    }
+
+    fn apply_retention(&mut self) {
+        files::apply_retention(&self.config.dir, self.config.retention, Event::now_us());
+        self.retained = Instant::now();
     }
 
     fn files_written(&self, files: usize) {
@@ -680,6 +700,30 @@ mod tests {
             "{groups:?}"
         );
         assert!(groups.iter().all(|g| g.is_sorted()));
+    }
+
+    #[test]
+    fn retention_is_applied_every_interval_without_a_roll() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut store, _) = AuditStore::open(StoreConfig {
+            retention: Retention {
+                max_age_days: Some(1),
+                max_bytes: None,
+            },
+            ..config(dir.path())
+        })
+        .unwrap();
+        // Three days old, and there after the store opened.
+        let mut old = EventBatchBuilder::new("origin-1", 1);
+        old.push(&Event {
+            time_us: Event::now_us() - 3 * 24 * 3_600_000_000,
+            ..event(0)
+        });
+        files::write(dir.path(), "old", &[old.finish()]).unwrap();
+        store.apply_retention_if_due(Instant::now());
+        assert_eq!(files::list(dir.path()).len(), 1, "not due yet");
+        store.apply_retention_if_due(Instant::now() + RETENTION_INTERVAL);
+        assert!(files::list(dir.path()).is_empty());
     }
 
     #[test]

@@ -9,7 +9,11 @@
 //! something. Encoding and disk I/O never run on the request path's
 //! threads.
 
-use std::{sync::Arc, thread::JoinHandle, time::Duration};
+use std::{
+    sync::Arc,
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
 
 use tokio::{
     sync::oneshot,
@@ -174,6 +178,7 @@ async fn run(
                 if store.roll_due() {
                     until_done(store, |s| s.roll().map(drop), &receiver).await;
                 }
+                store.apply_retention_if_due(Instant::now());
             }
             if received_since_tick {
                 settled = false;
