@@ -350,3 +350,65 @@ async fn read_schema(
     parquet_to_arrow_schema(file.schema_descr(), file.key_value_metadata())
         .map_err(|e| e.to_string())
 }
+
+#[cfg(test)]
+mod tests {
+    use analytics::{Event, files, schema::EventBatchBuilder};
+    use datafusion::arrow::array::AsArray as _;
+    use datafusion::arrow::datatypes::Int64Type;
+
+    use super::*;
+
+    /// 2026-11-23T00:00:00Z.
+    const MIDNIGHT_US: i64 = 1_795_392_000_000_000;
+    const HOUR_US: i64 = 3_600_000_000;
+    const EVENTS_AN_HOUR: usize = 2_000;
+
+    /// Distinct request ids in `sql`'s one-row answer, and the bytes the
+    /// query fetched.
+    async fn distinct_ids(decisions: &Decisions, sql: &str) -> (i64, u64) {
+        let before = decisions.read.get();
+        let batches = decisions.sql(sql).await.unwrap().collect().await.unwrap();
+        let ids = batches[0].column(0).as_primitive::<Int64Type>().value(0);
+        (ids, decisions.read.get() - before)
+    }
+
+    #[tokio::test]
+    async fn a_filter_on_date_and_hour_reads_only_that_hours_files() {
+        let dir = tempfile::tempdir().unwrap();
+        for hour in 0..4 {
+            let mut batch = EventBatchBuilder::new("origin-1", EVENTS_AN_HOUR);
+            for i in 0..EVENTS_AN_HOUR {
+                batch.push(&Event {
+                    time_us: MIDNIGHT_US + hour * HOUR_US + i as i64,
+                    reason: "policy".into(),
+                    request_id: Some(format!("{hour}-{i}")),
+                    ..Event::default()
+                });
+            }
+            files::write(dir.path(), &format!("h{hour}"), &[batch.finish()]).unwrap();
+        }
+        // Each query in a fresh context: nothing cached from the other.
+        let fresh = || Decisions::open_dir(dir.path());
+        let decisions = fresh().await.unwrap();
+        assert_eq!(decisions.files, 4);
+        let (all, read_all) = distinct_ids(
+            &decisions,
+            "SELECT count(DISTINCT request_id) FROM decisions",
+        )
+        .await;
+        assert_eq!(all, 4 * EVENTS_AN_HOUR as i64);
+        let (one, read_one) = distinct_ids(
+            &fresh().await.unwrap(),
+            "SELECT count(DISTINCT request_id) FROM decisions \
+             WHERE date = DATE '2026-11-23' AND hour = 2",
+        )
+        .await;
+        assert_eq!(one, EVENTS_AN_HOUR as i64);
+        // One file of four: the other partitions are never opened.
+        assert!(
+            read_one > 0 && read_one * 3 < read_all,
+            "read {read_one} bytes for one hour, {read_all} for all four"
+        );
+    }
+}
