@@ -332,3 +332,48 @@ fn the_timeline_report_draws_an_svg_chart() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("timeline report only"));
 }
+
+/// The wait before the progress bar appears (`analytics`'s
+/// `progress::DELAY_VARIABLE`): none here, so a short scan draws it too.
+const PROGRESS_DELAY_VARIABLE: &str = "ANALYTICS_PROGRESS_DELAY_MS";
+
+#[test]
+fn a_scan_draws_a_progress_bar_on_a_terminal_and_not_into_a_pipe() {
+    let dir = logs();
+    let sql = "SELECT count(DISTINCT request_id) AS ids FROM decisions";
+    // `script` runs the command on a terminal of its own and passes on
+    // what it drew there.
+    let command = format!(
+        "{} --dir {} query '{sql}'",
+        audit::analytics_bin().display(),
+        dir.path().display()
+    );
+    let out = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .env(PROGRESS_DELAY_VARIABLE, "0")
+        .output()
+        .expect("run script (util-linux)");
+    let drawn = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{drawn}");
+    // The bar, then (cleared: carriage return, erase line) the answer.
+    let (bar, answer) = drawn
+        .rsplit_once("\r\u{1b}[2K")
+        .unwrap_or_else(|| panic!("no progress bar cleared before the answer: {drawn:?}"));
+    assert!(bar.contains("scanning"), "{drawn:?}");
+    assert!(
+        answer.starts_with("+---") && answer.contains("| ids"),
+        "{drawn:?}"
+    );
+
+    let out = audit::analytics_at(
+        dir.path().as_os_str(),
+        &[(PROGRESS_DELAY_VARIABLE, "0".into())],
+        &["query", sql],
+    );
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("scanning"),
+        "a bar into a pipe: {stderr:?}"
+    );
+}

@@ -30,7 +30,7 @@ use clap::{Parser, Subcommand};
 use crate::{
     chart,
     output::{self, Format, OutputError},
-    progress::Progress,
+    progress::{ClearsProgress, Progress},
     query::{Decisions, Location, QueryError},
     reports::Report,
     tail::{self, Tail, TailFormat},
@@ -213,6 +213,7 @@ async fn open(location: &Location) -> Result<Decisions, OutputError> {
 
 async fn draw(location: &Location, sql: &str, path: &Path) -> Result<(), OutputError> {
     let decisions = open(location).await?;
+    let _progress = Progress::start(decisions.read.clone(), decisions.bytes);
     let batches = decisions
         .sql(sql)
         .await?
@@ -235,11 +236,14 @@ async fn query(location: &Location, sql: &str, output: &OutputArgs) -> Result<()
     }
     let decisions = open(location).await?;
     let frame = decisions.sql(sql).await?;
-    let _progress = Progress::start(decisions.read.clone(), decisions.bytes);
+    let mut progress = Progress::start(decisions.read.clone(), decisions.bytes);
     let out: Box<dyn Write + Send> = match &output.output {
+        // The bar stays until the file is written.
         Some(path) => Box::new(File::create(path)?),
-        None => Box::new(std::io::stdout()),
+        // The bar leaves the terminal before the answer is printed there.
+        None => Box::new(ClearsProgress::new(progress.take(), std::io::stdout())),
     };
     output::write(frame, output.format, BufWriter::new(out)).await?;
+    drop(progress);
     Ok(())
 }
