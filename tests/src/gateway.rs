@@ -29,6 +29,10 @@ pub const ISSUER: &str = "https://team.relay.test";
 pub const AUD: &str = "aud-app";
 /// Host names with certificates.
 pub const HOSTS: [&str; 2] = ["app.test", "other.test"];
+/// A policy section that lets everyone through (Bypass), for tests about
+/// anything but policies.
+pub const OPEN_POLICY: &str =
+    "[[app.policy]]\nname = \"open\"\naction = \"bypass\"\ninclude = [\"everyone\"]\n";
 
 /// The relay: its RSA key (the throwaway test key) and its certs server.
 pub struct Relay {

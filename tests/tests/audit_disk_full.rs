@@ -20,7 +20,10 @@ use std::{
 };
 
 use analytics::{AuditSender, AuditStore, Event, Overflow, StoreStatus, files, writer};
-use gateway_tests::{audit, gateway::Harness};
+use gateway_tests::{
+    audit,
+    gateway::{Harness, OPEN_POLICY},
+};
 
 /// Size of the filesystem: a few segments' worth.
 const FS_MIB: u64 = 16;
@@ -330,13 +333,7 @@ fn a_gateway_refuses_while_its_audit_log_cannot_be_written_and_serves_again_by_i
     let config = base.replace(
         &audit_line,
         &format!("dir = \"{}\"\nqueue = {GATEWAY_QUEUE}", audit_dir.display()),
-    ) + &h.app(
-        "public",
-        "app.test",
-        "/",
-        "",
-        "[[app.policy]]\nname = \"open\"\naction = \"bypass\"\ninclude = [\"everyone\"]\n",
-    );
+    ) + &h.app("public", "app.test", "/", "", OPEN_POLICY);
     h.start(&config);
     let mut served = BTreeSet::new();
     let (status, id) = get(&h);

@@ -13,7 +13,7 @@ use std::{
 };
 
 use gateway::proxy::serve::PARK_AFTER;
-use gateway_tests::gateway::Harness;
+use gateway_tests::gateway::{Harness, OPEN_POLICY};
 use rustls::{ClientConnection, StreamOwned, pki_types::ServerName};
 
 const HEADER_TIMEOUT_SECS: u64 = 4;
@@ -24,13 +24,7 @@ fn start() -> Harness {
         "[http]\n",
         &format!("[http]\nheader_timeout_secs = {HEADER_TIMEOUT_SECS}\n"),
         1,
-    ) + &h.app(
-        "public",
-        "app.test",
-        "/",
-        "",
-        "[[app.policy]]\nname = \"open\"\naction = \"bypass\"\ninclude = [\"everyone\"]\n",
-    );
+    ) + &h.app("public", "app.test", "/", "", OPEN_POLICY);
     h.start(&config);
     h
 }

@@ -2,7 +2,7 @@
 //! path-scoped app, host and server-name disagreements, and framing the
 //! gateway must refuse (reliability checklist PATH, HOST, SMUG, HDR).
 
-use gateway_tests::gateway::{AUD, Harness};
+use gateway_tests::gateway::{AUD, Harness, OPEN_POLICY};
 
 /// `/` is public (Bypass); `/admin` is a separate, case-insensitive app
 /// that only alice may use.
@@ -14,7 +14,7 @@ fn start() -> Harness {
             "app.test",
             "/",
             "",
-            "[[app.policy]]\nname = \"open\"\naction = \"bypass\"\ninclude = [\"everyone\"]\n",
+            OPEN_POLICY,
         )
         + &h.app(
             "admin",
@@ -28,7 +28,7 @@ fn start() -> Harness {
             "other.test",
             "/",
             "",
-            "[[app.policy]]\nname = \"open\"\naction = \"bypass\"\ninclude = [\"everyone\"]\n",
+            OPEN_POLICY,
         );
     h.start(&config);
     h
