@@ -47,7 +47,6 @@ struct Sum {
     last_us: i64,
     packets: u64,
     bytes: u64,
-    records: u64,
 }
 
 /// Sends the XDP side's drop records to the audit log.
@@ -82,7 +81,6 @@ impl DropAudit {
                 last_us: now_us,
                 packets: drop.packets,
                 bytes: drop.bytes,
-                records: 1,
             };
             let key = (drop.source, drop.protocol, drop.dst_port, drop.reason);
             match self.overflow {
@@ -119,7 +117,6 @@ impl DropAudit {
                 total.last_us = total.last_us.max(sum.last_us);
                 total.packets = total.packets.saturating_add(sum.packets);
                 total.bytes = total.bytes.saturating_add(sum.bytes);
-                total.records += sum.records;
             })
             .or_insert(sum);
     }
