@@ -384,7 +384,7 @@ impl AuditStore {
         std::fs::remove_file(&path).map_err(StoreError::io("removing", &path))?;
         self.open = None;
         crate::fsync_dir(&self.wal_dir)?;
-        self.files_written(files.len());
+        self.count_files_written(files.len());
         self.apply_retention();
         written.extend(files);
         Ok(written)
@@ -403,7 +403,8 @@ impl AuditStore {
         self.retained = Instant::now();
     }
 
-    fn files_written(&self, files: usize) {
+    /// Counts `files` more written, now, in the status.
+    fn count_files_written(&self, files: usize) {
         self.status
             .files_written
             .fetch_add(files as u64, Ordering::Relaxed);
@@ -419,7 +420,7 @@ impl AuditStore {
             match recover(&self.config.dir, path)? {
                 Leftover::Recovered { files, events, .. } => {
                     info!(segment = %path.display(), events, "audit segment left by an earlier run recovered");
-                    self.files_written(files.len());
+                    self.count_files_written(files.len());
                     written.extend(files);
                 }
                 Leftover::Damaged(aside) => {

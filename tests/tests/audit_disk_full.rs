@@ -12,8 +12,7 @@
 
 use std::{
     collections::BTreeSet,
-    io::{Read as _, Write as _},
-    net::TcpStream,
+    io::Write as _,
     path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
@@ -286,19 +285,12 @@ fn a_store_opened_on_a_full_disk_keeps_what_it_cannot_recover_until_there_is_roo
 /// The audit queue of the gateway under test: small, so it fills at once.
 const GATEWAY_QUEUE: usize = 8;
 
-/// A plain-HTTP GET of `/` for `app.test`: the status and the request id.
+/// A GET of `/` for `app.test`: the status and the request id.
 fn get(h: &Harness) -> (u16, String) {
-    let mut stream = TcpStream::connect(h.plain_addr()).expect("connect to the gateway");
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .expect("a read timeout");
-    stream
-        .write_all(b"GET / HTTP/1.1\r\nhost: app.test\r\nconnection: close\r\n\r\n")
-        .expect("send the request");
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .expect("read the response");
+    let response = h.raw(
+        "app.test",
+        b"GET / HTTP/1.1\r\nhost: app.test\r\nconnection: close\r\n\r\n",
+    );
     let status = response
         .split_whitespace()
         .nth(1)

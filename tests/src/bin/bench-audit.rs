@@ -433,8 +433,9 @@ fn stages(dir: &Path) -> Value {
     for first in (0..INGEST_EVENTS).step_by(QUEUE) {
         let events = QUEUE.min(INGEST_EVENTS - first);
         for i in first..first + events {
-            let slot = sender.reserve(Overflow::FailClosed).expect("room");
-            slot.send(ingest_event(&pool, i));
+            sender
+                .send(ingest_event(&pool, i), Overflow::FailClosed)
+                .expect("room");
         }
         let started = thread_cpu_seconds();
         let mut left = events;
